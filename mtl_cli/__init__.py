@@ -1,0 +1,3 @@
+"""mtl: a Hydra-driven runner for multi-task NLP training."""
+
+__version__ = "0.1.0"

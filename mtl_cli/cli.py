@@ -1,0 +1,180 @@
+"""`mtl`: a thin command line over `train()` and `evaluate_run()`.
+
+    mtl train [-m] [hydra overrides]     e.g. mtl train task=sentences/yelp+sentences/imdb
+    mtl eval RUN_DIR [split=test] [checkpoint=best] [tasks=a+b] [data_root=...]
+    mtl tasks                            the built-in task configs
+
+Heavy libraries (torch, transformers, datasets) are imported only by the command that needs them.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+USAGE = """usage: mtl <command> [args]
+
+Multi-task NLP training driven by Hydra configs.
+
+commands:
+  train [-m] [overrides...]   train; e.g. mtl train task=sentences/yelp+sentences/imdb data_root=../shared/data
+                              (mtl train --help lists the config groups; -m runs a sweep)
+  eval RUN_DIR [key=value]    evaluate a run's checkpoint: split=test|validation checkpoint=best|last
+                              tasks=a+b data_root=DIR batch_size=N; RUN_DIR may be `latest`
+  tasks                       list the built-in tasks
+
+The run directory (runs/<date>/<time>_<tasks>/) holds config.yaml, checkpoints/, metrics.jsonl,
+metrics.md/.csv, results.json and train.log.
+"""
+
+# Flags of Hydra's command line that take the next argument as their value.
+_VALUE_FLAGS = {"-cd", "--config-dir", "-cn", "--config-name", "-cp", "--config-path", "--cfg", "-c", "-p",
+                "--package", "--info", "--experimental-rerun"}
+# Free-form dictionaries: their keys are the user's (task names, label values), so an override
+# may add a key. Hydra requires `++` for that; users should not have to know.
+_OPEN_DICTS = re.compile(r"^(mixing\.weights|encoder\.config_overrides|task\.[^.=]+\.(label_map|files))(\.|=)")
+
+
+def fail(message: str, code: int = 2) -> None:
+    print(f"mtl: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def rewrite_overrides(args: list[str]) -> list[str]:
+    """`task=a+b` -> `task=[a,b]` (and sweeps `task=a+b,c` -> `task=[a,b],[c]`); open dict keys get `++`."""
+    out: list[str] = []
+    takes_value = False
+    for arg in args:
+        if takes_value or arg.startswith("-"):
+            takes_value = arg in _VALUE_FLAGS
+            out.append(arg)
+            continue
+        key, sep, value = arg.partition("=")
+        if sep and key == "task" and not value.startswith("["):
+            value = ",".join("[" + ",".join(p for p in alt.split("+")) + "]" for alt in value.split(","))
+            arg = f"task={value}"
+        elif sep and _OPEN_DICTS.match(arg):
+            arg = "++" + arg
+        out.append(arg)
+    return out
+
+
+def split_hydra_args(args: list[str]) -> tuple[list[str], dict[str, str], bool]:
+    """(overrides, {flag: value}, multirun) from a `mtl train` command line."""
+    overrides, flags, multirun = [], {}, False
+    it = iter(args)
+    for arg in it:
+        if arg in ("-m", "--multirun"):
+            multirun = True
+        elif arg.startswith("-"):
+            name, eq, val = arg.partition("=")
+            flags[name] = val if eq else (next(it, "") if name in _VALUE_FLAGS else "")
+        else:
+            overrides.append(arg)
+    return overrides, flags, multirun
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        return
+    if argv[0] in ("-V", "--version"):
+        from mtl_cli import __version__
+
+        print(f"mtl {__version__}")
+        return
+    command, rest = argv[0], argv[1:]
+    commands = {"train": train_command, "eval": eval_command, "tasks": tasks_command}
+    if command not in commands:
+        fail(f"unknown command '{command}'; use one of: {', '.join(commands)} (mtl --help)")
+    commands[command](rest)
+
+
+def train_command(args: list[str]) -> None:
+    from mtl_cli.errors import MtlError
+
+    args = rewrite_overrides(args)
+    overrides, flags, multirun = split_hydra_args(args)
+    informational = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "--version", "--shell-completion"}
+    if not informational & set(flags):
+        from mtl_cli.compose import check_overrides
+
+        try:
+            check_overrides(overrides, flags, multirun)
+        except MtlError as err:
+            fail(str(err))
+    sys.argv = ["mtl train", *args]
+    hydra_train()
+
+
+def hydra_train() -> None:
+    import hydra
+
+    from mtl_cli.config import CONF_DIR  # importing it registers the schema and resolvers
+
+    @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+    def _run(cfg) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        from mtl_cli.errors import MtlError
+        from mtl_cli.train import train
+
+        hc = HydraConfig.get()
+        try:
+            train(cfg, run_dir=Path(hc.runtime.output_dir), overrides=list(hc.overrides.task))
+        except MtlError as err:
+            out_dir = Path(hc.runtime.output_dir)
+            # Nothing of this run was written: do not leave an empty folder behind.
+            if out_dir.is_dir() and not any(out_dir.iterdir()):
+                out_dir.rmdir()
+            fail(str(err))
+
+    _run()
+
+
+def parse_key_values(args: list[str], allowed: dict[str, str]) -> dict[str, str]:
+    out = {}
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep or key not in allowed:
+            fail(f"unknown argument '{arg}'; mtl eval takes " + ", ".join(f"{k}=<{v}>" for k, v in allowed.items()))
+        out[key] = value
+    return out
+
+
+def eval_command(args: list[str]) -> None:
+    if not args or args[0] in ("-h", "--help"):
+        print("usage: mtl eval RUN_DIR|latest [split=test|validation] [checkpoint=best|last] [tasks=a+b] "
+              "[data_root=DIR] [batch_size=N]")
+        return
+    allowed = {"split": "test|validation", "checkpoint": "best|last", "tasks": "a+b", "data_root": "dir",
+               "batch_size": "n", "runs_root": "dir"}
+    opts = parse_key_values(args[1:], allowed)
+    from mtl_cli.errors import MtlError
+    from mtl_cli.eval_run import evaluate_run
+
+    try:
+        evaluate_run(
+            args[0],
+            split=opts.get("split", "test"),
+            checkpoint=opts.get("checkpoint", "best"),
+            tasks=[t for t in re.split(r"[+,]", opts["tasks"]) if t] if opts.get("tasks") else None,
+            data_root=opts.get("data_root"),
+            batch_size=int(opts["batch_size"]) if opts.get("batch_size", "").isdigit() else None,
+            runs_root=opts.get("runs_root", "runs"),
+        )
+    except MtlError as err:
+        fail(str(err))
+
+
+def tasks_command(args: list[str]) -> None:
+    from mtl_cli.compose import known_options
+
+    for name in known_options("task"):
+        print(name)
+
+
+if __name__ == "__main__":
+    main()

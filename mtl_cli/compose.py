@@ -1,0 +1,124 @@
+"""Compose configs outside `@hydra.main`: for tests, and to check a command line before a run starts.
+
+Hydra reports a bad override as a multi-line message and exit code 1; `check_overrides`
+composes every configuration a command would run first, so each mistake becomes one line
+naming the override to fix, and no run directory is created.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from mtl_cli.config import CONF_DIR, to_typed
+from mtl_cli.errors import MtlError
+
+
+def known_options(group: str, extra_dirs: list[str] = ()) -> list[str]:
+    names = set()
+    for root in [CONF_DIR, *map(Path, extra_dirs)]:
+        base = root / group
+        if base.is_dir():
+            names |= {str(p.relative_to(base).with_suffix("")) for p in base.rglob("*.yaml")}
+    return sorted(names)
+
+
+def compose_config(overrides: list[str] = (), config_dir: str | None = None, config_name: str = "config") -> DictConfig:
+    """The composed (unresolved) config, as `mtl train` would see it. Raises MtlError."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    overrides = list(overrides)
+    if config_dir:
+        overrides.append(f"hydra.searchpath=[file://{os.path.abspath(config_dir)}]")
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose(config_name=config_name, overrides=overrides)
+    except Exception as err:
+        raise MtlError(describe_hydra_error(err, [config_dir] if config_dir else [])) from None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def describe_hydra_error(err: Exception, extra_dirs: list[str]) -> str:
+    text = str(err).strip()
+    missing = re.search(r"Could not (?:find|load) '([^']+)'", text)
+    if missing:
+        group, _, option = missing.group(1).rpartition("/")
+        top, _, rest = group.partition("/")
+        option = f"{rest}/{option}" if rest else option
+        known = known_options(top, extra_dirs)
+        if not known:
+            return f"unknown config group or file '{missing.group(1)}'; check the override's name"
+        what = "task" if top == "task" else f"option for `{top}=`"
+        return f"unknown {what} '{option}'; known: {', '.join(known)}"
+    cause = err.__cause__ or err.__context__
+    key = re.search(r"Could not override '([^']+)'", text) or re.search(r"full_key: (\S+)", str(cause or ""))
+    if "not in struct" in text or "not in struct" in str(cause or "") or "Could not override" in text:
+        name = key.group(1) if key else "?"
+        return f"unknown config key `{name}` (misspelt?); `mtl train --cfg job` shows the valid keys"
+    merging = re.search(r"Error merging override (\S+)", text)
+    if merging and cause is not None:
+        detail = str(cause).strip().splitlines()[0]
+        return f"bad value in override `{merging.group(1)}`: {detail}"
+    if "ambiguous" in text.lower() or "sweep" in text.lower():
+        return f"{text.splitlines()[0]}; a sweep (a=1,2) needs -m: mtl train -m ..."
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def check_overrides(overrides: list[str], flags: dict[str, str], multirun: bool) -> None:
+    """Compose and validate every configuration the command would run (one sweep axis at a time)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    config_dir = flags.get("--config-dir") or flags.get("-cd")
+    config_name = flags.get("--config-name") or flags.get("-cn") or "config"
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception as err:
+        raise MtlError(f"cannot parse the overrides: {str(err).strip().splitlines()[0]}") from None
+    choices: list[list[str]] = []
+    for text, override in zip(overrides, parsed):
+        if override.is_sweep_override():
+            if not multirun:
+                raise MtlError(f"`{text}` is a sweep: run it with -m (mtl train -m {text})")
+            try:
+                values = list(override.sweep_string_iterator())
+            except Exception:  # glob and interval sweeps need a sweeper to expand; Hydra checks them
+                continue
+            prefix = text[: len(text) - len(text.lstrip("+~"))]
+            choices.append([f"{prefix}{override.get_key_element()}={v}" for v in values])
+        else:
+            choices.append([text])
+    firsts = [c[0] for c in choices]
+    combos = [firsts] + [firsts[:i] + [v] + firsts[i + 1 :] for i, c in enumerate(choices) for v in c[1:]]
+    for combo in combos:
+        cfg = compose_config(combo, config_dir, config_name)
+        check_task_names(combo, cfg)
+        to_typed(cfg)
+
+
+def check_task_names(overrides: list[str], cfg: DictConfig) -> None:
+    """Two task files writing the same `task.<name>` would silently merge into one task."""
+    selected: list[str] = []
+    for text in overrides:
+        if text.startswith("task=["):
+            selected = [t.strip() for t in text[len("task=[") : -1].split(",") if t.strip()]
+    if selected and len(cfg.task) != len(set(selected)):
+        raise MtlError(
+            f"tasks {selected} name only {len(cfg.task)} distinct task(s) ({', '.join(cfg.task)}): two of them share "
+            "a name; copy one into your own --config-dir with another `# @package task.<name>` header"
+        )
+
+
+def combos_for_tests(overrides: list[list[str]]) -> list[list[str]]:
+    return [list(c) for c in itertools.product(*overrides)]
+
+
+def compose_typed(overrides: list[str] = (), config_dir: str | None = None) -> Any:
+    return to_typed(compose_config(overrides, config_dir))

@@ -1,0 +1,219 @@
+"""Typed schemas for every setting the code relies on.
+
+The YAML files under `conf/` are merged onto these dataclasses (registered with Hydra's
+ConfigStore as `mtl_schema`), so a misspelt key or a wrong type fails when the config is
+composed, before any data or weights are loaded.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from mtl_cli.errors import MtlError
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+CONF_DIR = PACKAGE_DIR / "conf"
+
+TASK_TYPES = ("classification",)
+SOURCES = ("local", "hub")
+FORMATS = ("csv", "tsv", "json", "jsonl", "parquet")
+POOLINGS = ("mean", "cls")
+SHARING_SCHEMES = ("hard",)
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass
+class TaskConfig:
+    type: str = "classification"
+    # "local": files read with `datasets`; "hub": a dataset name on the Hugging Face Hub.
+    source: str = "local"
+    hub_name: Optional[str] = None
+    hub_config: Optional[str] = None
+    # Split name -> file. Relative paths are read from `data_dir`, else `data_root`, else the
+    # current directory.
+    files: Dict[str, str] = field(default_factory=dict)
+    data_dir: Optional[str] = None
+    format: str = "csv"
+    delimiter: Optional[str] = None
+    header: bool = True
+    # False reads `"` as an ordinary character (FDU-MTL and UCI texts contain raw quotes).
+    quoting: bool = True
+    column_names: Optional[List[str]] = None
+    text_column: str = "text"
+    label_column: str = "label"
+    # Label names in id order; inferred (sorted) from the training split when left empty.
+    labels: Optional[List[str]] = None
+    # Raw value in the file -> label name, e.g. {0: negative, 1: positive}.
+    label_map: Dict[str, str] = field(default_factory=dict)
+    # Used only when the split has no file: carved from train with `split_seed`, which stays
+    # fixed across training seeds so that runs are compared on the same held-out examples.
+    # A value below 1 is a fraction of train, 1 or more a number of examples.
+    validation_size: float = 0.1
+    test_size: float = 0.1
+    split_seed: int = 1234
+    max_length: int = 128
+    max_train_examples: Optional[int] = None
+    max_eval_examples: Optional[int] = None
+
+
+@dataclass
+class EncoderConfig:
+    # Any transformers AutoModel name on the Hub or a local directory.
+    name_or_path: str = "sentence-transformers/all-MiniLM-L6-v2"
+    # An installed Python package that ships the same weights offline (its `model/` folder);
+    # used instead of the Hub when it is installed.
+    offline_package: Optional[str] = None
+    revision: Optional[str] = None
+    # Build the architecture from the model's config with random weights (smoke tests);
+    # `config_overrides` changes its size.
+    random_init: bool = False
+    config_overrides: Dict[str, Any] = field(default_factory=dict)
+    trust_remote_code: bool = False
+
+
+@dataclass
+class SharingConfig:
+    name: str = "hard"
+    pooling: str = "mean"
+    head_dropout: float = 0.1
+
+
+@dataclass
+class MixingConfig:
+    name: str = "proportional"
+    temperature: float = 1.0
+    # seqio/T5-style cap: a task's size counts as at most this many examples.
+    max_examples: Optional[int] = None
+    weights: Dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class TrainerConfig:
+    epochs: float = 3.0
+    # When set, the run takes exactly this many optimizer steps and `epochs` is ignored.
+    max_steps: Optional[int] = None
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    # Evaluate every N steps; None means once per epoch (all tasks' examples seen once).
+    eval_every: Optional[int] = None
+    log_every: int = 20
+    # Average of this per-task metric on validation picks `checkpoints/best`.
+    best_metric: str = "accuracy"
+    # Torch intra-op threads; None keeps torch's default (one per core).
+    threads: Optional[int] = None
+    # "auto" uses a GPU when one is visible, else the CPU.
+    device: str = "auto"
+    progress: bool = True
+
+
+@dataclass
+class MtlConfig:
+    task: Dict[str, TaskConfig] = field(default_factory=dict)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    sharing: SharingConfig = field(default_factory=SharingConfig)
+    mixing: MixingConfig = field(default_factory=MixingConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    data_root: Optional[str] = None
+    runs_root: str = "runs"
+    seed: int = 42
+
+
+def task_names_label(task: Any) -> str:
+    """`yelp+imdb` for a run directory name; safe as one path component."""
+    names = "+".join(task.keys()) if task else "no-task"
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", names).strip(".") or "run"
+
+
+def _register() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="mtl_schema", node=MtlConfig)
+    OmegaConf.register_new_resolver("mtl_tasks", task_names_label, replace=True)
+    OmegaConf.register_new_resolver("mtl_data", lambda sub: str(PACKAGE_DIR / "data" / sub), replace=True)
+
+
+_register()
+
+
+def to_typed(cfg: DictConfig) -> MtlConfig:
+    """Resolve interpolations and check every value against the schema."""
+    try:
+        typed = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(MtlConfig), cfg))
+    except Exception as err:  # omegaconf raises several types; all are config mistakes here
+        raise MtlError(describe_config_error(err)) from None
+    validate(typed)
+    return typed
+
+
+def describe_config_error(err: Exception) -> str:
+    """One line from an OmegaConf/Hydra error, naming the key to fix."""
+    msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    key = getattr(err, "full_key", None)
+    if key:
+        return f"bad config value at `{key}`: {msg}; fix that override or YAML key"
+    return f"{msg}"
+
+
+def validate(cfg: MtlConfig) -> None:
+    """Checks the schema cannot express; each message names the override to change."""
+    from mtl_cli.mixing import check_config as check_mixing
+
+    if not cfg.task:
+        raise MtlError("no task selected: pass task=<name>[+<name>...] (list them with `mtl tasks`)")
+    for name, task in cfg.task.items():
+        at = f"task.{name}"
+        if task.type not in TASK_TYPES:
+            raise MtlError(f"`{at}.type` must be one of {list(TASK_TYPES)}; got {task.type!r}")
+        if task.source not in SOURCES:
+            raise MtlError(f"`{at}.source` must be one of {list(SOURCES)}; got {task.source!r}")
+        if task.source == "hub" and not task.hub_name:
+            raise MtlError(f"`{at}.hub_name` is required when `{at}.source=hub`")
+        if task.source == "local":
+            if "train" not in task.files:
+                raise MtlError(f"`{at}.files.train` is required: set it to the training file's path")
+            unknown = set(task.files) - set(SPLITS)
+            if unknown:
+                raise MtlError(f"`{at}.files` has unknown split(s) {sorted(unknown)}; use {list(SPLITS)}")
+            if task.format not in FORMATS:
+                raise MtlError(f"`{at}.format` must be one of {list(FORMATS)}; got {task.format!r}")
+        for key in ("validation_size", "test_size"):
+            value = getattr(task, key)
+            if value <= 0:
+                raise MtlError(f"`{at}.{key}` must be positive (a fraction below 1 or a count); got {value}")
+        if task.max_length < 8:
+            raise MtlError(f"`{at}.max_length` must be at least 8; got {task.max_length}")
+        if task.labels is not None and len(set(task.labels)) < 2:
+            raise MtlError(f"`{at}.labels` needs at least two distinct labels; got {task.labels}")
+    if cfg.sharing.name not in SHARING_SCHEMES:
+        raise MtlError(f"`sharing` must be one of {list(SHARING_SCHEMES)}; got {cfg.sharing.name!r}")
+    if cfg.sharing.pooling not in POOLINGS:
+        raise MtlError(f"`sharing.pooling` must be one of {list(POOLINGS)}; got {cfg.sharing.pooling!r}")
+    if not 0 <= cfg.sharing.head_dropout < 1:
+        raise MtlError(f"`sharing.head_dropout` must be in [0, 1); got {cfg.sharing.head_dropout}")
+    check_mixing(cfg.mixing, list(cfg.task))
+    t = cfg.trainer
+    positive = {"lr": t.lr, "batch_size": t.batch_size, "eval_batch_size": t.eval_batch_size, "log_every": t.log_every}
+    for key, value in positive.items():
+        if value <= 0:
+            raise MtlError(f"`trainer.{key}` must be positive; got {value}")
+    if t.max_steps is None and t.epochs <= 0:
+        raise MtlError(f"`trainer.epochs` must be positive (or set trainer.max_steps); got {t.epochs}")
+    if t.max_steps is not None and t.max_steps <= 0:
+        raise MtlError(f"`trainer.max_steps` must be positive; got {t.max_steps}")
+    if t.eval_every is not None and t.eval_every <= 0:
+        raise MtlError(f"`trainer.eval_every` must be positive or null (once per epoch); got {t.eval_every}")
+    if not 0 <= t.warmup_ratio <= 1:
+        raise MtlError(f"`trainer.warmup_ratio` must be in [0, 1]; got {t.warmup_ratio}")
+    if t.weight_decay < 0 or t.max_grad_norm < 0:
+        raise MtlError("`trainer.weight_decay` and `trainer.max_grad_norm` must not be negative")
+    if t.best_metric not in ("accuracy", "macro_f1"):
+        raise MtlError(f"`trainer.best_metric` must be accuracy or macro_f1; got {t.best_metric!r}")

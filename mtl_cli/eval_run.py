@@ -1,0 +1,85 @@
+"""`mtl eval`: rebuild a run's model from its own config and checkpoint, evaluate, write the table."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+
+from mtl_cli.errors import MtlError
+
+
+def find_latest_run(runs_root: str) -> Path:
+    runs = [p.parent for p in Path(runs_root).glob("**/config.yaml") if (p.parent / "checkpoints").is_dir()]
+    if not runs:
+        raise MtlError(f"no run with checkpoints under {Path(runs_root).resolve()}; train one first (mtl train)")
+    return max(runs, key=lambda p: (p / "config.yaml").stat().st_mtime)
+
+
+def evaluate_run(
+    run: str,
+    split: str = "test",
+    checkpoint: str = "best",
+    tasks: list[str] | None = None,
+    data_root: str | None = None,
+    batch_size: int | None = None,
+    runs_root: str = "runs",
+) -> dict:
+    """Returns {task: {metric: value}, "average": {...}} and writes eval/<checkpoint>_<split>.{md,csv,json}."""
+    from omegaconf import OmegaConf
+
+    from mtl_cli.config import to_typed
+    from mtl_cli.encoders import encoder_from_checkpoint
+    from mtl_cli.evaluate import evaluate
+    from mtl_cli.model import MultiTaskModel
+    from mtl_cli.rundir import (
+        find_checkpoint, load_weights, print_table, rows_to_csv, rows_to_markdown, table_rows, unique_path, write_json,
+    )
+    from mtl_cli.train import prepare, setup_torch
+
+    if split not in ("test", "validation"):
+        raise MtlError(f"split must be test or validation; got split={split}")
+    if checkpoint not in ("best", "last"):
+        raise MtlError(f"checkpoint must be best or last; got checkpoint={checkpoint}")
+    run_dir = find_latest_run(runs_root) if run == "latest" else Path(run)
+    if not run_dir.is_dir():
+        raise MtlError(f"run directory not found: {run_dir}")
+    ckpt = find_checkpoint(run_dir, checkpoint)
+    try:
+        cfg = to_typed(OmegaConf.load(run_dir / "config.yaml"))
+    except MtlError as err:
+        raise MtlError(f"{run_dir / 'config.yaml'} is not a valid mtl config: {err}") from None
+    labels = json.loads((ckpt / "labels.json").read_text(encoding="utf-8"))
+    if tasks:
+        unknown = [t for t in tasks if t not in cfg.task]
+        if unknown:
+            raise MtlError(f"this run never trained task(s) {unknown}; its tasks are {list(cfg.task)} (tasks=...)")
+        cfg.task = {name: cfg.task[name] for name in tasks}
+    if data_root:
+        cfg.data_root = str(Path(data_root).resolve())
+    device = setup_torch(cfg)
+
+    encoder, tokenizer = encoder_from_checkpoint(ckpt)
+    model = MultiTaskModel(encoder, {n: len(labels[n]) for n in labels}, cfg.sharing)
+    load_weights(model, ckpt)
+    model.to(device)
+    # Same task configs and split_seed as in training, so carved splits hold the same examples.
+    loaded, data = prepare(cfg, tokenizer)
+    for name, task in loaded.items():
+        if task.labels != labels[name]:
+            raise MtlError(f"task '{name}' now has labels {task.labels}, the checkpoint was trained on {labels[name]}")
+    state = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
+    results = evaluate(model, data[split], batch_size or cfg.trainer.eval_batch_size, tokenizer.pad_token_id)
+    rows = table_rows({split: results}, {n: {"examples": len(data[split][n]["label"])} for n in loaded})
+    out_dir = run_dir / "eval"
+    out_dir.mkdir(exist_ok=True)
+    stem = out_dir / f"{checkpoint}_{split}"
+    md = unique_path(stem.with_suffix(".md"))
+    header = f"`mtl eval` of checkpoints/{checkpoint} (step {state.get('step')}) on {split}, {datetime.now():%Y-%m-%d %H:%M:%S}.\n\n"
+    md.write_text(header + rows_to_markdown(rows), encoding="utf-8")
+    md.with_suffix(".csv").write_text(rows_to_csv(rows), encoding="utf-8")
+    clean = {task: {m: v for m, v in metrics.items() if m != "loss"} for task, metrics in results.items()}
+    write_json(md.with_suffix(".json"), clean)
+    print_table(rows, f"{run_dir} checkpoints/{checkpoint} on {split}")
+    print(f"wrote {md}")
+    return clean

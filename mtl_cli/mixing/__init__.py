@@ -1,0 +1,69 @@
+"""Task mixing: which task the next training batch comes from.
+
+Adding a strategy: a module with a probability function (or a sampler builder), one line in
+`STRATEGIES`, and `conf/mixing/<name>.yaml` setting `name: <name>`.
+"""
+
+from __future__ import annotations
+
+import math
+
+from mtl_cli.config import MixingConfig
+from mtl_cli.errors import MtlError
+from mtl_cli.mixing.proportional import proportional_probabilities
+from mtl_cli.mixing.round_robin import RoundRobinSampler, round_robin_sampler
+from mtl_cli.mixing.sampler import Builder, RandomSampler, TaskSampler, random_strategy
+from mtl_cli.mixing.temperature import temperature_probabilities
+from mtl_cli.mixing.uniform import uniform_probabilities
+from mtl_cli.mixing.weights import weight_probabilities
+
+__all__ = ["STRATEGIES", "RandomSampler", "RoundRobinSampler", "TaskSampler", "build_sampler", "check_config"]
+
+STRATEGIES: dict[str, Builder] = {
+    "proportional": random_strategy(proportional_probabilities),
+    "uniform": random_strategy(uniform_probabilities),
+    "temperature": random_strategy(temperature_probabilities),
+    "weights": random_strategy(weight_probabilities),
+    "round_robin": round_robin_sampler,
+}
+
+
+def check_config(cfg: MixingConfig, task_names: list[str]) -> None:
+    """Reject settings no strategy can use; each message names the override to change."""
+    if cfg.name not in STRATEGIES:
+        raise MtlError(f"unknown mixing strategy {cfg.name!r} (`mixing=`): choose one of {list(STRATEGIES)}")
+    if not cfg.temperature > 0:
+        raise MtlError(f"`mixing.temperature` must be positive; got {cfg.temperature:g}")
+    if cfg.max_examples is not None and cfg.max_examples <= 0:
+        raise MtlError(f"`mixing.max_examples` must be positive (or null for no cap); got {cfg.max_examples}")
+    if cfg.name == "weights":
+        _check_weights(cfg.weights, task_names)
+    elif cfg.weights:
+        # Otherwise the weights would be silently ignored.
+        raise MtlError(
+            f"`mixing.weights` is only used by mixing=weights; add `mixing=weights` or drop them (mixing={cfg.name})"
+        )
+
+
+def _check_weights(weights: dict[str, float], task_names: list[str]) -> None:
+    for name in weights:
+        if name not in task_names:
+            raise MtlError(f"`mixing.weights` names unknown task {name!r}; tasks in this run: {list(task_names)}")
+    for name in task_names:
+        if name not in weights:
+            # `+` because the schema's weights dict is struct under Hydra: a new key needs it.
+            raise MtlError(f"`mixing.weights` has no weight for task {name!r}: set +mixing.weights.{name}=<w>")
+        value = weights[name]
+        if not (math.isfinite(value) and value >= 0):
+            raise MtlError(f"`mixing.weights.{name}` must be a non-negative number; got {value:g}")
+    if not sum(weights.values()) > 0:
+        shown = ", ".join(f"{name}: {weights[name]:g}" for name in task_names)
+        raise MtlError(f"`mixing.weights` must sum to a positive number; got {{{shown}}}")
+
+
+def build_sampler(cfg: MixingConfig, sizes: dict[str, int], seed: int) -> TaskSampler:
+    """The configured sampler over the tasks in `sizes` (training examples per task, in task order)."""
+    check_config(cfg, list(sizes))
+    if not sizes:
+        raise MtlError("no task selected: pass task=<name>[+<name>...] (list them with `mtl tasks`)")
+    return STRATEGIES[cfg.name](cfg, sizes, seed)

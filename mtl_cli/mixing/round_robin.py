@@ -1,0 +1,30 @@
+"""Round-robin mixing: a fixed cycle a, b, c, a, b, c, ... over the tasks in order."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mtl_cli.config import MixingConfig
+
+
+class RoundRobinSampler:
+    def __init__(self, tasks: list[str]) -> None:
+        self._tasks = list(tasks)
+        self._index = 0
+        self.probabilities = {name: 1.0 / len(self._tasks) for name in self._tasks}
+
+    def next_task(self) -> str:
+        task = self._tasks[self._index % len(self._tasks)]
+        self._index += 1
+        return task
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"index": self._index}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._index = int(state["index"])
+
+
+def round_robin_sampler(cfg: MixingConfig, sizes: dict[str, int], seed: int) -> RoundRobinSampler:
+    # Deterministic, so the seed is unused.
+    return RoundRobinSampler(list(sizes))

@@ -1,0 +1,175 @@
+"""The run directory: claiming it, checkpoints, metrics files and tables.
+
+    <run>/config.yaml            resolved config (written first; claims the directory)
+    <run>/overrides.yaml         the command-line overrides
+    <run>/train.log              the log
+    <run>/metrics.jsonl          one record per (eval step, task)
+    <run>/metrics.md, .csv       the final per-task table
+    <run>/results.json           {task: {metric: value}} on the test split, best checkpoint
+    <run>/checkpoints/{last,best}/
+        model.safetensors  encoder/  tokenizer/  labels.json  trainer_state.json  [optimizer.pt: last only]
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import shutil
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from mtl_cli.errors import MtlError
+
+CHECKPOINT_FILES = ("model.safetensors", "labels.json", "trainer_state.json")
+
+
+def new_run_dir(runs_root: str, label: str) -> Path:
+    now = datetime.now()
+    return Path(runs_root) / now.strftime("%Y-%m-%d") / f"{now.strftime('%H-%M-%S')}_{label}"
+
+
+def claim_run_dir(base: Path, config_yaml: str) -> Path:
+    """Create `config.yaml` exclusively, so two runs never share (or overwrite) a directory.
+
+    Runs started in the same second get `_2`, `_3`, ... appended.
+    """
+    for n in range(1, 1000):
+        candidate = base if n == 1 else base.with_name(f"{base.name}_{n}")
+        candidate.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(candidate / "config.yaml", "x", encoding="utf-8") as f:
+                f.write(config_yaml)
+            return candidate
+        except FileExistsError:
+            continue
+    raise MtlError(f"could not find a free run directory next to {base}; clean up {base.parent}")
+
+
+def write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def append_jsonl(path: Path, records: list[dict]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+
+
+def save_checkpoint(ckpt: Path, model: Any, tokenizer: Any, labels: dict, state: dict, optimizer_state: Any) -> None:
+    """Write to a temporary folder, then swap it in: a crash never leaves a half-written checkpoint."""
+    import torch
+    from safetensors.torch import save_model
+
+    tmp = ckpt.with_name(f".{ckpt.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_model(model, str(tmp / "model.safetensors"))
+    model.encoder.config.save_pretrained(tmp / "encoder")
+    tokenizer.save_pretrained(tmp / "tokenizer")
+    write_json(tmp / "labels.json", labels)
+    write_json(tmp / "trainer_state.json", state)
+    if optimizer_state is not None:
+        torch.save(optimizer_state, tmp / "optimizer.pt")
+    old = ckpt.with_name(f".{ckpt.name}.old")
+    if ckpt.exists():
+        os.replace(ckpt, old)
+    os.replace(tmp, ckpt)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def find_checkpoint(run_dir: Path, which: str) -> Path:
+    if not (run_dir / "config.yaml").is_file():
+        raise MtlError(f"{run_dir} is not an mtl run directory (no config.yaml); pass the folder `mtl train` printed")
+    ckpt = run_dir / "checkpoints" / which
+    missing = [f for f in CHECKPOINT_FILES if not (ckpt / f).is_file()]
+    if missing:
+        raise MtlError(
+            f"{run_dir} has no complete '{which}' checkpoint (missing {', '.join(missing)}); "
+            "the run may have stopped before its first evaluation: train again, or pass checkpoint=last"
+        )
+    return ckpt
+
+
+def load_weights(model: Any, ckpt: Path) -> None:
+    from safetensors.torch import load_model
+
+    try:
+        missing, unexpected = load_model(model, str(ckpt / "model.safetensors"), strict=False)
+    except Exception as err:
+        raise MtlError(f"cannot read {ckpt / 'model.safetensors'} ({str(err).splitlines()[0]}); it may be truncated") from None
+    if missing or unexpected:
+        raise MtlError(f"{ckpt} does not match the model its run config builds (e.g. {(missing or unexpected)[0]})")
+
+
+# --- tables -------------------------------------------------------------------------------
+
+def table_rows(results: dict[str, dict[str, dict[str, float]]], extra: dict[str, dict[str, Any]]) -> list[dict]:
+    """One row per task (then `average`): split metrics as `<split>_<metric>` plus extra columns."""
+    tasks = [t for t in next(iter(results.values())) if t != "average"] + ["average"]
+    rows = []
+    for task in tasks:
+        row: dict[str, Any] = {"task": task, **extra.get(task, {})}
+        for split, per_task in results.items():
+            for metric in ("accuracy", "macro_f1"):
+                row[f"{split}_{metric}"] = per_task[task][metric]
+        rows.append(row)
+    return rows
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "" if value is None else str(value)
+
+
+def rows_to_markdown(rows: list[dict]) -> str:
+    cols = list(rows[0])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def rows_to_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+_SHORT = {"validation": "val", "accuracy": "acc", "macro_f1": "F1", "train_examples": "train", "examples_seen": "seen"}
+
+
+def _short(col: str) -> str:
+    return " ".join(_SHORT.get(part, part) for part in re.split(r"_(?=accuracy|macro_f1)", col))
+
+
+def print_table(rows: list[dict], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    cols = [c for c in rows[0] if c != "best_step"]
+    for col in cols:
+        table.add_column(_short(col), justify="left" if col == "task" else "right")
+    for row in rows:
+        table.add_row(*[_fmt(row.get(c)) for c in cols], style="bold" if row["task"] == "average" else None)
+    console = Console()
+    if not console.is_terminal:
+        console.width = max(console.width, 120)
+    console.print(table)
+
+
+def unique_path(path: Path) -> Path:
+    """`path`, or `path` with `_2`, `_3`... before the suffix if it exists: earlier files stay."""
+    n, candidate = 1, path
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.stem}_{n}{path.suffix}")
+    return candidate

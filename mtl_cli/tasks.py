@@ -1,0 +1,231 @@
+"""Tasks: load each task's splits (local files or the Hub), check them, encode labels.
+
+Every task comes out as a `datasets.DatasetDict` with splits train/validation/test and two
+columns, `text` (str) and `label` (ClassLabel). `datasets` caches the parsed files, so the
+next run with the same files reads Arrow tables instead of re-parsing.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from mtl_cli.config import SPLITS, TaskConfig
+from mtl_cli.errors import MtlError
+
+_BUILDERS = {"csv": "csv", "tsv": "csv", "json": "json", "jsonl": "json", "parquet": "parquet"}
+
+
+@dataclass
+class Task:
+    name: str
+    cfg: TaskConfig
+    labels: list[str]
+    splits: Any  # datasets.DatasetDict with columns text, label
+
+    def sizes(self) -> dict[str, int]:
+        return {split: len(self.splits[split]) for split in SPLITS}
+
+
+def load_task(name: str, cfg: TaskConfig, data_root: str | None) -> Task:
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    raw = _load_hub(name, cfg) if cfg.source == "hub" else _load_local(name, cfg, data_root)
+    raw = _select_columns(name, cfg, raw)
+    labels = _label_names(name, cfg, raw)
+    raw = _encode_labels(name, cfg, raw, labels)
+    splits = _complete_splits(name, cfg, raw)
+    for split in SPLITS:
+        if len(splits[split]) == 0:
+            raise MtlError(f"task '{name}': the {split} split is empty; add examples or check `task.{name}.files`")
+    if len(set(splits["train"]["label"])) < 2:
+        raise MtlError(f"task '{name}': the training split holds a single label; a classifier needs at least two")
+    return Task(name=name, cfg=cfg, labels=labels, splits=splits)
+
+
+def resolve_path(path: str, cfg: TaskConfig, data_root: str | None) -> Path:
+    p = Path(os.path.expanduser(path))
+    if p.is_absolute():
+        return p
+    base = cfg.data_dir or data_root
+    return (Path(base) / p) if base else p.resolve()
+
+
+def _load_local(name: str, cfg: TaskConfig, data_root: str | None):
+    import datasets
+
+    files: dict[str, str] = {}
+    for split, rel in cfg.files.items():
+        path = resolve_path(rel, cfg, data_root)
+        if not path.is_file():
+            hint = (
+                "pass data_root=<folder> (or export MTL_DATA_ROOT)"
+                if not (cfg.data_dir or data_root or Path(rel).is_absolute())
+                else f"check data_root or set task.{name}.files.{split}"
+            )
+            raise MtlError(f"task '{name}': {split} file not found: {path}; {hint}")
+        if not os.access(path, os.R_OK):
+            raise MtlError(f"task '{name}': {split} file is not readable: {path}; fix its permissions")
+        files[split] = str(path.resolve())
+    kwargs: dict[str, Any] = {}
+    if cfg.format in ("csv", "tsv"):
+        kwargs = {
+            "delimiter": cfg.delimiter or ("\t" if cfg.format == "tsv" else ","),
+            "header": 0 if cfg.header else None,
+            "quoting": csv.QUOTE_MINIMAL if cfg.quoting else csv.QUOTE_NONE,
+            # Texts such as "NA" or "null" are reviews, not missing values.
+            "na_filter": False,
+        }
+        if cfg.column_names:
+            kwargs["column_names"] = list(cfg.column_names)
+    try:
+        return datasets.load_dataset(_BUILDERS[cfg.format], data_files=files, **kwargs)
+    except UnicodeDecodeError:
+        raise MtlError(
+            f"task '{name}': a file is not valid UTF-8 ({', '.join(files.values())}); re-encode it, e.g. iconv -t UTF-8"
+        ) from None
+    except Exception as err:  # pandas/pyarrow parse errors come in many types
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise MtlError(
+            f"task '{name}': could not read its {cfg.format} files ({first}); check `task.{name}.format`, "
+            f"`.delimiter`, `.header` and `.quoting`"
+        ) from None
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick TCP probe, because the Hub clients retry for up to a minute before failing."""
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def hub_offline_mode() -> bool:
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def _load_hub(name: str, cfg: TaskConfig):
+    import datasets
+
+    local_hint = {
+        "yelp": "task=sentences/yelp data_root=../shared/data",
+        "imdb": "task=sentences/imdb data_root=../shared/data",
+    }.get(name, f"task.{name}.source=local task.{name}.files.train=<file>")
+    if not hub_offline_mode() and not hub_reachable():
+        raise MtlError(
+            f"task '{name}' loads '{cfg.hub_name}' from the Hugging Face Hub, which is unreachable; "
+            f"use local files instead ({local_hint}) or set HF_DATASETS_OFFLINE=1 to use a cached copy"
+        )
+    try:
+        loaded = datasets.load_dataset(cfg.hub_name, cfg.hub_config)
+        # Hub sets may carry extra splits (imdb's "unsupervised", labelled -1): keep ours only.
+        return datasets.DatasetDict({split: loaded[split] for split in SPLITS if split in loaded})
+    except Exception as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise MtlError(
+            f"task '{name}': could not load '{cfg.hub_name}' from the Hub ({first}); use local files instead ({local_hint})"
+        ) from None
+
+
+def _select_columns(name: str, cfg: TaskConfig, raw):
+    for split, ds in raw.items():
+        for role, column in (("text_column", cfg.text_column), ("label_column", cfg.label_column)):
+            if column not in ds.column_names:
+                raise MtlError(
+                    f"task '{name}': the {split} data has no column '{column}' (columns: {ds.column_names}); "
+                    f"set task.{name}.{role}=<column> or task.{name}.column_names=[...]"
+                )
+        keep = [cfg.text_column, cfg.label_column]
+        ds = ds.remove_columns([c for c in ds.column_names if c not in keep])
+        if cfg.text_column != "text":
+            ds = ds.rename_column(cfg.text_column, "text")
+        if cfg.label_column != "raw_label":
+            ds = ds.rename_column(cfg.label_column, "raw_label")
+        raw[split] = ds
+    return raw
+
+
+def _raw_to_name(cfg: TaskConfig, value: Any) -> str:
+    key = str(value).strip()
+    return cfg.label_map.get(key, key)
+
+
+def _label_names(name: str, cfg: TaskConfig, raw) -> list[str]:
+    if cfg.labels:
+        return [str(label) for label in cfg.labels]
+    if "train" not in raw:
+        raise MtlError(f"task '{name}' has no train split; set task.{name}.files.train")
+    return sorted({_raw_to_name(cfg, v) for v in raw["train"].unique("raw_label")})
+
+
+def _encode_labels(name: str, cfg: TaskConfig, raw, labels: list[str]):
+    import datasets
+
+    ids = {label: i for i, label in enumerate(labels)}
+    for split, ds in raw.items():
+        unknown = sorted({_raw_to_name(cfg, v) for v in ds.unique("raw_label")} - set(ids), key=str)
+        if unknown:
+            bad = unknown[0]
+            row = next(i for i, v in enumerate(ds["raw_label"]) if _raw_to_name(cfg, v) == bad)
+            raise MtlError(
+                f"task '{name}': label '{bad}' ({split} row {row + 1}) is not in the label set {labels}; "
+                f"fix the data or set task.{name}.labels / task.{name}.label_map"
+            )
+        features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=labels)})
+        raw[split] = ds.map(
+            lambda batch: {
+                "text": [t if t is not None else "" for t in batch["text"]],
+                "label": [ids[_raw_to_name(cfg, v)] for v in batch["raw_label"]],
+            },
+            batched=True,
+            remove_columns=["raw_label"],
+            features=features,
+            new_fingerprint=_fingerprint(ds, "labels", labels, sorted(cfg.label_map.items())),
+        )
+    return raw
+
+
+def _complete_splits(name: str, cfg: TaskConfig, raw):
+    """Carve missing validation/test splits from train, stratified by label and seeded."""
+    import datasets
+
+    out = dict(raw)
+    train = out["train"]
+    if cfg.max_train_examples:
+        train = train.shuffle(seed=cfg.split_seed).select(range(min(cfg.max_train_examples, len(train))))
+    n = len(train)
+    for split, size in (("test", cfg.test_size), ("validation", cfg.validation_size)):
+        if split in out:
+            continue
+        count = int(size) if size >= 1 else max(1, round(size * n))
+        if count >= len(train):
+            raise MtlError(
+                f"task '{name}': cannot carve {count} {split} examples from {len(train)} training examples; "
+                f"lower task.{name}.{split}_size or add a {split} file"
+            )
+        try:
+            parts = train.train_test_split(test_size=count, seed=cfg.split_seed, stratify_by_column="label")
+        except ValueError:  # a label too rare to stratify: fall back to a plain seeded split
+            parts = train.train_test_split(test_size=count, seed=cfg.split_seed)
+        train, out[split] = parts["train"], parts["test"]
+    out["train"] = train
+    if cfg.max_eval_examples:
+        for split in ("validation", "test"):
+            ds = out[split]
+            out[split] = ds.shuffle(seed=cfg.split_seed).select(range(min(cfg.max_eval_examples, len(ds))))
+    return datasets.DatasetDict({split: out[split] for split in SPLITS})
+
+
+def _fingerprint(ds, *parts: Any) -> str:
+    from datasets.fingerprint import Hasher
+
+    return Hasher.hash((ds._fingerprint, *[repr(p) for p in parts]))

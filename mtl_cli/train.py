@@ -1,0 +1,285 @@
+"""`train(cfg) -> results`: setup, the training loop, evaluation, and the run directory.
+
+One explicit loop: every step the mixing sampler picks a task, that task's next batch goes
+through the shared encoder and its own head, and the optimizer steps on that loss.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from mtl_cli.config import MtlConfig, task_names_label, to_typed
+from mtl_cli.errors import MtlError
+
+log = logging.getLogger("mtl")
+
+
+def prepare(cfg: MtlConfig, tokenizer: Any) -> tuple[dict, dict]:
+    """Load, check and tokenize every task. Returns (tasks, split -> task -> columns)."""
+    from mtl_cli.tasks import load_task
+    from mtl_cli.tokenization import tokenize_task, tokenizer_fingerprint
+
+    tasks = {name: load_task(name, tcfg, cfg.data_root) for name, tcfg in cfg.task.items()}
+    fp = tokenizer_fingerprint(tokenizer)
+    data: dict[str, dict[str, dict[str, list]]] = {"train": {}, "validation": {}, "test": {}}
+    for name, task in tasks.items():
+        for split, ds in tokenize_task(task, tokenizer, fp).items():
+            data[split][name] = {"input_ids": ds["input_ids"], "label": ds["label"]}
+    return tasks, data
+
+
+def absolute_paths(cfg: MtlConfig) -> MtlConfig:
+    """So that the saved config works from any directory (`mtl eval` elsewhere)."""
+    if cfg.data_root:
+        cfg.data_root = os.path.abspath(os.path.expanduser(cfg.data_root))
+    for task in cfg.task.values():
+        if task.data_dir:
+            task.data_dir = os.path.abspath(os.path.expanduser(task.data_dir))
+        elif not cfg.data_root:
+            task.files = {s: os.path.abspath(os.path.expanduser(p)) for s, p in task.files.items()}
+    return cfg
+
+
+def setup_torch(cfg: MtlConfig) -> Any:
+    import torch
+
+    if cfg.trainer.threads:
+        torch.set_num_threads(cfg.trainer.threads)
+    if cfg.trainer.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(cfg.trainer.device)
+    except RuntimeError:
+        raise MtlError(f"`trainer.device` must be auto, cpu or cuda[:N]; got {cfg.trainer.device!r}") from None
+
+
+def setup_logging(run_dir: Path | None) -> None:
+    from rich.logging import RichHandler
+
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    for h in list(log.handlers):
+        log.removeHandler(h)
+        h.close()
+    log.addHandler(RichHandler(show_path=False, show_time=False, markup=False))
+    if run_dir is not None:
+        fh = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(fh)
+
+
+def build_optimizer(model: Any, cfg: MtlConfig, total_steps: int) -> tuple[Any, Any]:
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    # Biases and LayerNorm weights are not decayed (the usual BERT fine-tuning recipe).
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 else decay).append(p)
+    t = cfg.trainer
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=t.lr
+    )
+    sched = get_linear_schedule_with_warmup(opt, int(t.warmup_ratio * total_steps), total_steps)
+    return opt, sched
+
+
+def train(cfg: DictConfig | MtlConfig, run_dir: Path | None = None, overrides: list[str] | None = None) -> dict:
+    """Train as configured; returns {"run_dir", "results" (test), "validation", "best_step"}.
+
+    `run_dir` is where Hydra wants the run; without it one is made under `cfg.runs_root`.
+    Nothing is written there until the data and the encoder have loaded without error.
+    """
+    import torch
+
+    from mtl_cli.batches import TaskBatches
+    from mtl_cli.encoders import load_encoder
+    from mtl_cli.mixing import build_sampler
+    from mtl_cli.model import MultiTaskModel
+
+    typed = absolute_paths(to_typed(cfg) if isinstance(cfg, DictConfig) else cfg)
+    setup_logging(None)
+    device = setup_torch(typed)
+    t = typed.trainer
+
+    encoder, tokenizer = load_encoder(typed.encoder)
+    tasks, data = prepare(typed, tokenizer)
+    sizes = {name: len(d["label"]) for name, d in data["train"].items()}
+    sampler = build_sampler(typed.mixing, sizes, typed.seed)
+    steps_per_epoch = math.ceil(sum(sizes.values()) / t.batch_size)
+    total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
+    eval_every = min(t.eval_every or steps_per_epoch, total_steps)
+
+    run_dir = claim(run_dir, typed, overrides or [])
+    setup_logging(run_dir)
+    log.info("run directory: %s", run_dir)
+    log.info("device: %s, torch threads: %d", device, torch.get_num_threads())
+    for name, task in tasks.items():
+        log.info("task %s: %s labels %s", name, task.sizes(), task.labels)
+
+    torch.manual_seed(typed.seed)
+    model = MultiTaskModel(encoder, {n: len(tk.labels) for n, tk in tasks.items()}, typed.sharing).to(device)
+    log.info("parameters: %s", model.parameter_counts())
+    log.info(
+        "mixing=%s probabilities %s; %d steps (%.2f epochs of %d steps), eval every %d",
+        typed.mixing.name, {k: round(v, 4) for k, v in sampler.probabilities.items()},
+        total_steps, total_steps / steps_per_epoch, steps_per_epoch, eval_every,
+    )
+    opt, sched = build_optimizer(model, typed, total_steps)
+    batches = {
+        name: TaskBatches(d["input_ids"], d["label"], t.batch_size, tokenizer.pad_token_id, typed.seed * 1000 + i)
+        for i, (name, d) in enumerate(data["train"].items())
+    }
+    labels = {n: tk.labels for n, tk in tasks.items()}
+    loop = TrainLoop(typed, run_dir, model, tokenizer, labels, opt, sched, sampler, batches, data, device)
+    try:
+        loop.run(total_steps, eval_every)
+        return finish(loop, tasks)
+    except BaseException as err:
+        log.error("run failed at step %d: %s", loop.step, err)
+        raise
+
+
+def claim(run_dir: Path | None, cfg: MtlConfig, overrides: list[str]) -> Path:
+    from mtl_cli.rundir import claim_run_dir, new_run_dir
+
+    base = run_dir or new_run_dir(cfg.runs_root, task_names_label(cfg.task))
+    claimed = claim_run_dir(base, OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    if claimed != base and run_dir is not None and run_dir.is_dir() and not any(run_dir.iterdir()):
+        run_dir.rmdir()
+    (claimed / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(list(overrides))), encoding="utf-8")
+    return claimed
+
+
+class TrainLoop:
+    """The state of one training run and its step/evaluate/save cycle."""
+
+    def __init__(self, cfg, run_dir, model, tokenizer, labels, opt, sched, sampler, batches, data, device):
+        self.cfg, self.run_dir, self.model, self.tokenizer, self.labels = cfg, run_dir, model, tokenizer, labels
+        self.opt, self.sched, self.sampler, self.batches, self.data = opt, sched, sampler, batches, data
+        self.device = device
+        self.step = 0
+        self.seen = {name: 0 for name in batches}
+        self.best_score, self.best_step = -math.inf, 0
+        self.running_loss: dict[str, float] = {}
+
+    def train_step(self) -> str:
+        import torch.nn.functional as F
+        from torch.nn.utils import clip_grad_norm_
+
+        task = self.sampler.next_task()
+        batch = {k: v.to(self.device) for k, v in self.batches[task].next_batch().items()}
+        labels = batch.pop("labels")
+        loss = F.cross_entropy(self.model(task, **batch), labels)
+        loss.backward()
+        if self.cfg.trainer.max_grad_norm > 0:
+            clip_grad_norm_(self.model.parameters(), self.cfg.trainer.max_grad_norm)
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise MtlError(f"loss of task '{task}' became {value} at step {self.step + 1}; lower trainer.lr")
+        self.seen[task] += len(labels)
+        prev = self.running_loss.get(task)
+        self.running_loss[task] = value if prev is None else 0.9 * prev + 0.1 * value
+        self.step += 1
+        return task
+
+    def epochs_seen(self) -> dict[str, float]:
+        return {n: self.seen[n] / max(len(self.data["train"][n]["label"]), 1) for n in self.seen}
+
+    def run(self, total_steps: int, eval_every: int) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.model.train()
+        start = time.perf_counter()
+        columns = [TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}")]
+        with Progress(*columns, disable=not self.cfg.trainer.progress, transient=False) as progress:
+            bar = progress.add_task("train", total=total_steps, info="")
+            while self.step < total_steps:
+                self.train_step()
+                rate = sum(self.seen.values()) / (time.perf_counter() - start)
+                losses = " ".join(f"{n}={v:.3f}" for n, v in self.running_loss.items())
+                progress.update(bar, advance=1, info=f"loss {losses} | {rate:.0f} ex/s")
+                if self.step % self.cfg.trainer.log_every == 0:
+                    log.info("step %d loss %s %.1f ex/s", self.step, losses, rate)
+                if self.step % eval_every == 0 or self.step == total_steps:
+                    self.evaluate_and_save()
+
+    def evaluate_and_save(self) -> None:
+        from mtl_cli.evaluate import evaluate
+        from mtl_cli.rundir import append_jsonl, save_checkpoint
+
+        t = self.cfg.trainer
+        results = evaluate(self.model, self.data["validation"], t.eval_batch_size, self.tokenizer.pad_token_id)
+        epochs = self.epochs_seen()
+        records = []
+        for task, metrics in results.items():
+            rec = {"step": self.step, "split": "validation", "task": task, **metrics}
+            if task in self.seen:
+                rec.update(train_loss=self.running_loss.get(task), examples_seen=self.seen[task], epochs=epochs[task])
+            records.append(rec)
+        append_jsonl(self.run_dir / "metrics.jsonl", records)
+        score = results["average"][t.best_metric]
+        log.info(
+            "eval step %d: %s | average %s %.4f",
+            self.step, " ".join(f"{k}={v[t.best_metric]:.4f}" for k, v in results.items() if k != "average"),
+            t.best_metric, score,
+        )
+        state = {
+            "step": self.step,
+            "examples_seen": self.seen,
+            "epochs": epochs,
+            "validation": results,
+            "best_step": self.best_step,
+            "best_score": self.best_score,
+            "batches": {n: b.state_dict() for n, b in self.batches.items()},
+            "sampler": self.sampler.state_dict(),
+        }
+        if score > self.best_score:
+            self.best_score, self.best_step = score, self.step
+            state.update(best_step=self.step, best_score=score)
+            save_checkpoint(self.run_dir / "checkpoints" / "best", self.model, self.tokenizer, self.labels, state, None)
+        import torch
+
+        train_state = {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "torch_rng": torch.get_rng_state()}
+        save_checkpoint(self.run_dir / "checkpoints" / "last", self.model, self.tokenizer, self.labels, state, train_state)
+
+
+def finish(loop: TrainLoop, tasks: dict) -> dict:
+    """Evaluate the best checkpoint on validation and test; write the tables and results.json."""
+    from mtl_cli.evaluate import evaluate
+    from mtl_cli.rundir import load_weights, print_table, rows_to_csv, rows_to_markdown, table_rows, write_json
+
+    run_dir, t = loop.run_dir, loop.cfg.trainer
+    load_weights(loop.model, run_dir / "checkpoints" / "best")
+    pad_id = loop.tokenizer.pad_token_id
+    results = {split: evaluate(loop.model, loop.data[split], t.eval_batch_size, pad_id) for split in ("validation", "test")}
+    epochs = loop.epochs_seen()
+    extra = {
+        n: {"train_examples": len(loop.data["train"][n]["label"]), "examples_seen": loop.seen[n], "epochs": round(epochs[n], 2)}
+        for n in tasks
+    }
+    rows = table_rows(results, extra)
+    for row in rows:
+        row["best_step"] = loop.best_step
+    (run_dir / "metrics.md").write_text(
+        f"Per-task metrics of checkpoints/best (step {loop.best_step} of {loop.step}).\n\n" + rows_to_markdown(rows),
+        encoding="utf-8",
+    )
+    (run_dir / "metrics.csv").write_text(rows_to_csv(rows), encoding="utf-8")
+    test = {task: {m: v for m, v in metrics.items() if m != "loss"} for task, metrics in results["test"].items()}
+    write_json(run_dir / "results.json", test)
+    print_table(rows, f"{run_dir} (best step {loop.best_step})")
+    log.info("results (test split, best checkpoint): %s", test)
+    log.info("done: %s", run_dir)
+    return {"run_dir": str(run_dir), "results": test, "validation": results["validation"], "best_step": loop.best_step}
