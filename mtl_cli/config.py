@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from mtl_cli.errors import MtlError
 
@@ -64,7 +64,7 @@ class TaskConfig:
 @dataclass
 class EncoderConfig:
     # Any transformers AutoModel name on the Hub or a local directory.
-    name_or_path: str = "sentence-transformers/all-MiniLM-L6-v2"
+    name_or_path: str = MISSING
     # An installed Python package that ships the same weights offline (its `model/` folder);
     # used instead of the Hub when it is installed.
     offline_package: Optional[str] = None
@@ -147,7 +147,13 @@ _register()
 def to_typed(cfg: DictConfig) -> MtlConfig:
     """Resolve interpolations and check every value against the schema."""
     try:
-        typed = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(MtlConfig), cfg))
+        merged = OmegaConf.merge(OmegaConf.structured(MtlConfig), cfg)
+        missing = sorted(OmegaConf.missing_keys(merged))
+        if missing:
+            raise MtlError(f"`{missing[0]}` has no value (???): set it, e.g. {missing[0]}=<value>")
+        typed = OmegaConf.to_object(merged)
+    except MtlError:
+        raise
     except Exception as err:  # omegaconf raises several types; all are config mistakes here
         raise MtlError(describe_config_error(err)) from None
     validate(typed)

@@ -35,7 +35,7 @@ def evaluate_run(
     from mtl_cli.rundir import (
         find_checkpoint, load_weights, print_table, rows_to_csv, rows_to_markdown, table_rows, unique_path, write_json,
     )
-    from mtl_cli.train import prepare, setup_torch
+    from mtl_cli.train import load_tasks, setup_torch, tokenize_tasks
 
     if split not in ("test", "validation"):
         raise MtlError(f"split must be test or validation; got split={split}")
@@ -59,15 +59,16 @@ def evaluate_run(
         cfg.data_root = str(Path(data_root).resolve())
     device = setup_torch(cfg)
 
+    # Same task configs and split_seed as in training, so carved splits hold the same examples.
+    loaded = load_tasks(cfg)
+    for name, task in loaded.items():
+        if task.labels != labels.get(name):
+            raise MtlError(f"task '{name}' now has labels {task.labels}, the checkpoint has {labels.get(name)}")
     encoder, tokenizer = encoder_from_checkpoint(ckpt)
     model = MultiTaskModel(encoder, {n: len(labels[n]) for n in labels}, cfg.sharing)
     load_weights(model, ckpt)
     model.to(device)
-    # Same task configs and split_seed as in training, so carved splits hold the same examples.
-    loaded, data = prepare(cfg, tokenizer)
-    for name, task in loaded.items():
-        if task.labels != labels[name]:
-            raise MtlError(f"task '{name}' now has labels {task.labels}, the checkpoint was trained on {labels[name]}")
+    data = tokenize_tasks(loaded, tokenizer)
     state = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
     results = evaluate(model, data[split], batch_size or cfg.trainer.eval_batch_size, tokenizer.pad_token_id)
     rows = table_rows({split: results}, {n: {"examples": len(data[split][n]["label"])} for n in loaded})

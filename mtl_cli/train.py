@@ -21,18 +21,22 @@ from mtl_cli.errors import MtlError
 log = logging.getLogger("mtl")
 
 
-def prepare(cfg: MtlConfig, tokenizer: Any) -> tuple[dict, dict]:
-    """Load, check and tokenize every task. Returns (tasks, split -> task -> columns)."""
+def load_tasks(cfg: MtlConfig) -> dict:
     from mtl_cli.tasks import load_task
+
+    return {name: load_task(name, tcfg, cfg.data_root) for name, tcfg in cfg.task.items()}
+
+
+def tokenize_tasks(tasks: dict, tokenizer: Any) -> dict[str, dict[str, dict[str, list]]]:
+    """split -> task -> {"input_ids": [...], "label": [...]}, tokenized once and cached by `datasets`."""
     from mtl_cli.tokenization import tokenize_task, tokenizer_fingerprint
 
-    tasks = {name: load_task(name, tcfg, cfg.data_root) for name, tcfg in cfg.task.items()}
     fp = tokenizer_fingerprint(tokenizer)
     data: dict[str, dict[str, dict[str, list]]] = {"train": {}, "validation": {}, "test": {}}
     for name, task in tasks.items():
         for split, ds in tokenize_task(task, tokenizer, fp).items():
             data[split][name] = {"input_ids": ds["input_ids"], "label": ds["label"]}
-    return tasks, data
+    return data
 
 
 def absolute_paths(cfg: MtlConfig) -> MtlConfig:
@@ -110,8 +114,10 @@ def train(cfg: DictConfig | MtlConfig, run_dir: Path | None = None, overrides: l
     device = setup_torch(typed)
     t = typed.trainer
 
+    tasks = load_tasks(typed)  # data mistakes surface before the encoder is loaded
+    torch.manual_seed(typed.seed)  # a random-init encoder draws its weights here
     encoder, tokenizer = load_encoder(typed.encoder)
-    tasks, data = prepare(typed, tokenizer)
+    data = tokenize_tasks(tasks, tokenizer)
     sizes = {name: len(d["label"]) for name, d in data["train"].items()}
     sampler = build_sampler(typed.mixing, sizes, typed.seed)
     steps_per_epoch = math.ceil(sum(sizes.values()) / t.batch_size)

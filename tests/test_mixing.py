@@ -126,7 +126,7 @@ def test_state_dict_is_a_snapshot() -> None:
         (MixingConfig(name="temperature", max_examples=0), "`mixing.max_examples`"),
         (MixingConfig(name="proportional", max_examples=-5), "`mixing.max_examples`"),
         (MixingConfig(name="weights", weights={"a": 0.0, "b": 0.0}), "`mixing.weights` must sum to a positive"),
-        (MixingConfig(name="weights", weights={"a": 1.0}), "+mixing.weights.b=<w>"),
+        (MixingConfig(name="weights", weights={"a": 1.0}), "mixing.weights.b=<w>"),
         (MixingConfig(name="weights", weights={"a": 1.0, "b": 1.0, "foo": 1.0}), "unknown task 'foo'"),
         (MixingConfig(name="weights", weights={"a": -1.0, "b": 2.0}), "`mixing.weights.a`"),
         (MixingConfig(name="weights", weights={"a": math.nan, "b": 2.0}), "`mixing.weights.a`"),

