@@ -125,13 +125,18 @@ def hydra_train() -> None:
         try:
             train(cfg, run_dir=Path(hc.runtime.output_dir), overrides=list(hc.overrides.task))
         except MtlError as err:
-            out_dir = Path(hc.runtime.output_dir)
-            # Nothing of this run was written: do not leave an empty folder behind.
-            if out_dir.is_dir() and not any(out_dir.iterdir()):
-                out_dir.rmdir()
+            remove_empty_dirs(Path(hc.runtime.output_dir), levels=2)
             fail(str(err))
 
     _run()
+
+
+def remove_empty_dirs(path: Path, levels: int) -> None:
+    """Nothing of a failed run was written: leave no empty run (and date) folder behind."""
+    for folder in [path, *path.parents][: levels + 1]:
+        if not folder.is_dir() or any(folder.iterdir()):
+            return
+        folder.rmdir()
 
 
 def parse_key_values(args: list[str], allowed: dict[str, str]) -> dict[str, str]:

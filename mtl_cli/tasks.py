@@ -36,7 +36,8 @@ def load_task(name: str, cfg: TaskConfig, data_root: str | None) -> Task:
     import datasets
 
     datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
+    # datasets logs a failed parse before raising it; the raised error is reported instead.
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
     raw = _load_hub(name, cfg) if cfg.source == "hub" else _load_local(name, cfg, data_root)
     raw = _select_columns(name, cfg, raw)
     labels = _label_names(name, cfg, raw)
@@ -87,16 +88,23 @@ def _load_local(name: str, cfg: TaskConfig, data_root: str | None):
             kwargs["column_names"] = list(cfg.column_names)
     try:
         return datasets.load_dataset(_BUILDERS[cfg.format], data_files=files, **kwargs)
-    except UnicodeDecodeError:
-        raise MtlError(
-            f"task '{name}': a file is not valid UTF-8 ({', '.join(files.values())}); re-encode it, e.g. iconv -t UTF-8"
-        ) from None
-    except Exception as err:  # pandas/pyarrow parse errors come in many types
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    except Exception as err:  # pandas/pyarrow parse errors come in many types, wrapped by datasets
+        root = _root_cause(err)
+        if isinstance(root, UnicodeDecodeError) or "invalid utf8" in str(root).lower():
+            raise MtlError(
+                f"task '{name}': a file is not valid UTF-8 ({', '.join(files.values())}); re-encode it, e.g. iconv -t UTF-8"
+            ) from None
+        first = str(root).strip().splitlines()[0] if str(root).strip() else type(root).__name__
         raise MtlError(
             f"task '{name}': could not read its {cfg.format} files ({first}); check `task.{name}.format`, "
             f"`.delimiter`, `.header` and `.quoting`"
         ) from None
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    while err.__cause__ is not None or err.__context__ is not None:
+        err = err.__cause__ or err.__context__
+    return err
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
