@@ -9,6 +9,7 @@ Heavy libraries (torch, transformers, datasets) are imported only by the command
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -29,8 +30,20 @@ metrics.md/.csv, results.json and train.log.
 """
 
 # Flags of Hydra's command line that take the next argument as their value.
-_VALUE_FLAGS = {"-cd", "--config-dir", "-cn", "--config-name", "-cp", "--config-path", "--cfg", "-c", "-p",
-                "--package", "--info", "--experimental-rerun"}
+_VALUE_FLAGS = {
+    "-cd",
+    "--config-dir",
+    "-cn",
+    "--config-name",
+    "-cp",
+    "--config-path",
+    "--cfg",
+    "-c",
+    "-p",
+    "--package",
+    "--info",
+    "--experimental-rerun",
+}
 # Free-form dictionaries: their keys are the user's (task names, label values), so an override
 # may add a key. Hydra requires `++` for that; users should not have to know.
 _OPEN_DICTS = re.compile(r"^(mixing\.weights|encoder\.config_overrides|task\.[^.=]+\.(label_map|files))(\.|=)")
@@ -151,11 +164,19 @@ def parse_key_values(args: list[str], allowed: dict[str, str]) -> dict[str, str]
 
 def eval_command(args: list[str]) -> None:
     if not args or args[0] in ("-h", "--help"):
-        print("usage: mtl eval RUN_DIR|latest [split=test|validation] [checkpoint=best|last] [tasks=a+b] "
-              "[data_root=DIR] [batch_size=N]")
+        print(
+            "usage: mtl eval RUN_DIR|latest [split=test|validation] [checkpoint=best|last] [tasks=a+b] "
+            "[data_root=DIR] [batch_size=N]"
+        )
         return
-    allowed = {"split": "test|validation", "checkpoint": "best|last", "tasks": "a+b", "data_root": "dir",
-               "batch_size": "n", "runs_root": "dir"}
+    allowed = {
+        "split": "test|validation",
+        "checkpoint": "best|last",
+        "tasks": "a+b",
+        "data_root": "dir",
+        "batch_size": "n",
+        "runs_root": "dir",
+    }
     opts = parse_key_values(args[1:], allowed)
     from mtl_cli.errors import MtlError
     from mtl_cli.eval_run import evaluate_run
@@ -168,7 +189,7 @@ def eval_command(args: list[str]) -> None:
             tasks=[t for t in re.split(r"[+,]", opts["tasks"]) if t] if opts.get("tasks") else None,
             data_root=opts.get("data_root"),
             batch_size=int(opts["batch_size"]) if opts.get("batch_size", "").isdigit() else None,
-            runs_root=opts.get("runs_root", "runs"),
+            runs_root=opts.get("runs_root") or os.environ.get("MTL_RUNS_ROOT", "runs"),
         )
     except MtlError as err:
         fail(str(err))

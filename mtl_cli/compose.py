@@ -83,7 +83,7 @@ def check_overrides(overrides: list[str], flags: dict[str, str], multirun: bool)
     except Exception as err:
         raise MtlError(f"cannot parse the overrides: {str(err).strip().splitlines()[0]}") from None
     choices: list[list[str]] = []
-    for text, override in zip(overrides, parsed):
+    for text, override in zip(overrides, parsed, strict=True):
         if override.is_sweep_override():
             if not multirun:
                 raise MtlError(f"`{text}` is a sweep: run it with -m (mtl train -m {text})")

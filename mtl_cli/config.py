@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
@@ -32,24 +32,24 @@ class TaskConfig:
     type: str = "classification"
     # "local": files read with `datasets`; "hub": a dataset name on the Hugging Face Hub.
     source: str = "local"
-    hub_name: Optional[str] = None
-    hub_config: Optional[str] = None
+    hub_name: str | None = None
+    hub_config: str | None = None
     # Split name -> file. Relative paths are read from `data_dir`, else `data_root`, else the
     # current directory.
-    files: Dict[str, str] = field(default_factory=dict)
-    data_dir: Optional[str] = None
+    files: dict[str, str] = field(default_factory=dict)
+    data_dir: str | None = None
     format: str = "csv"
-    delimiter: Optional[str] = None
+    delimiter: str | None = None
     header: bool = True
     # False reads `"` as an ordinary character (FDU-MTL and UCI texts contain raw quotes).
     quoting: bool = True
-    column_names: Optional[List[str]] = None
+    column_names: list[str] | None = None
     text_column: str = "text"
     label_column: str = "label"
     # Label names in id order; inferred (sorted) from the training split when left empty.
-    labels: Optional[List[str]] = None
+    labels: list[str] | None = None
     # Raw value in the file -> label name, e.g. {0: negative, 1: positive}.
-    label_map: Dict[str, str] = field(default_factory=dict)
+    label_map: dict[str, str] = field(default_factory=dict)
     # Used only when the split has no file: carved from train with `split_seed`, which stays
     # fixed across training seeds so that runs are compared on the same held-out examples.
     # A value below 1 is a fraction of train, 1 or more a number of examples.
@@ -57,8 +57,8 @@ class TaskConfig:
     test_size: float = 0.1
     split_seed: int = 1234
     max_length: int = 128
-    max_train_examples: Optional[int] = None
-    max_eval_examples: Optional[int] = None
+    max_train_examples: int | None = None
+    max_eval_examples: int | None = None
 
 
 @dataclass
@@ -67,12 +67,12 @@ class EncoderConfig:
     name_or_path: str = MISSING
     # An installed Python package that ships the same weights offline (its `model/` folder);
     # used instead of the Hub when it is installed.
-    offline_package: Optional[str] = None
-    revision: Optional[str] = None
+    offline_package: str | None = None
+    revision: str | None = None
     # Build the architecture from the model's config with random weights (smoke tests);
     # `config_overrides` changes its size.
     random_init: bool = False
-    config_overrides: Dict[str, Any] = field(default_factory=dict)
+    config_overrides: dict[str, Any] = field(default_factory=dict)
     trust_remote_code: bool = False
 
 
@@ -88,15 +88,15 @@ class MixingConfig:
     name: str = "proportional"
     temperature: float = 1.0
     # seqio/T5-style cap: a task's size counts as at most this many examples.
-    max_examples: Optional[int] = None
-    weights: Dict[str, float] = field(default_factory=dict)
+    max_examples: int | None = None
+    weights: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
 class TrainerConfig:
     epochs: float = 3.0
     # When set, the run takes exactly this many optimizer steps and `epochs` is ignored.
-    max_steps: Optional[int] = None
+    max_steps: int | None = None
     batch_size: int = 32
     eval_batch_size: int = 128
     lr: float = 5e-5
@@ -104,12 +104,12 @@ class TrainerConfig:
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
     # Evaluate every N steps; None means once per epoch (all tasks' examples seen once).
-    eval_every: Optional[int] = None
+    eval_every: int | None = None
     log_every: int = 20
     # Average of this per-task metric on validation picks `checkpoints/best`.
     best_metric: str = "accuracy"
     # Torch intra-op threads; None keeps torch's default (one per core).
-    threads: Optional[int] = None
+    threads: int | None = None
     # "auto" uses a GPU when one is visible, else the CPU.
     device: str = "auto"
     progress: bool = True
@@ -117,12 +117,12 @@ class TrainerConfig:
 
 @dataclass
 class MtlConfig:
-    task: Dict[str, TaskConfig] = field(default_factory=dict)
+    task: dict[str, TaskConfig] = field(default_factory=dict)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     sharing: SharingConfig = field(default_factory=SharingConfig)
     mixing: MixingConfig = field(default_factory=MixingConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    data_root: Optional[str] = None
+    data_root: str | None = None
     runs_root: str = "runs"
     seed: int = 42
 

@@ -33,7 +33,14 @@ def evaluate_run(
     from mtl_cli.evaluate import evaluate
     from mtl_cli.model import MultiTaskModel
     from mtl_cli.rundir import (
-        find_checkpoint, load_weights, print_table, rows_to_csv, rows_to_markdown, table_rows, unique_path, write_json,
+        find_checkpoint,
+        load_weights,
+        print_table,
+        rows_to_csv,
+        rows_to_markdown,
+        table_rows,
+        unique_path,
+        write_json,
     )
     from mtl_cli.train import load_tasks, setup_torch, tokenize_tasks
 

@@ -29,7 +29,7 @@ def evaluate_task(model: Any, task: str, data: Any, batch_size: int, pad_id: int
         logits = model(task, **batch)
         gold = torch.tensor([labels[i] for i in idx])
         total_loss += F.cross_entropy(logits, gold, reduction="sum").item()
-        for i, p in zip(idx, logits.argmax(-1).tolist()):
+        for i, p in zip(idx, logits.argmax(-1).tolist(), strict=True):
             preds[i] = p
     out = classification_metrics(labels, preds, model.heads[task].out.out_features)
     out["loss"] = total_loss / max(len(labels), 1)

@@ -1,13 +1,13 @@
 """The run directory: claiming it, checkpoints, metrics files and tables.
 
-    <run>/config.yaml            resolved config (written first; claims the directory)
-    <run>/overrides.yaml         the command-line overrides
-    <run>/train.log              the log
-    <run>/metrics.jsonl          one record per (eval step, task)
-    <run>/metrics.md, .csv       the final per-task table
-    <run>/results.json           {task: {metric: value}} on the test split, best checkpoint
-    <run>/checkpoints/{last,best}/
-        model.safetensors  encoder/  tokenizer/  labels.json  trainer_state.json  [optimizer.pt: last only]
+<run>/config.yaml            resolved config (written first; claims the directory)
+<run>/overrides.yaml         the command-line overrides
+<run>/train.log              the log
+<run>/metrics.jsonl          one record per (eval step, task)
+<run>/metrics.md, .csv       the final per-task table
+<run>/results.json           {task: {metric: value}} on the test split, best checkpoint
+<run>/checkpoints/{last,best}/
+    model.safetensors  encoder/  tokenizer/  labels.json  trainer_state.json  [optimizer.pt: last only]
 """
 
 from __future__ import annotations
@@ -102,12 +102,15 @@ def load_weights(model: Any, ckpt: Path) -> None:
     try:
         missing, unexpected = load_model(model, str(ckpt / "model.safetensors"), strict=False)
     except Exception as err:
-        raise MtlError(f"cannot read {ckpt / 'model.safetensors'} ({str(err).splitlines()[0]}); it may be truncated") from None
+        raise MtlError(
+            f"cannot read {ckpt / 'model.safetensors'} ({str(err).splitlines()[0]}); it may be truncated"
+        ) from None
     if missing or unexpected:
         raise MtlError(f"{ckpt} does not match the model its run config builds (e.g. {(missing or unexpected)[0]})")
 
 
 # --- tables -------------------------------------------------------------------------------
+
 
 def table_rows(results: dict[str, dict[str, dict[str, float]]], extra: dict[str, dict[str, Any]]) -> list[dict]:
     """One row per task (then `average`): split metrics as `<split>_<metric>` plus extra columns."""

@@ -85,7 +85,7 @@ def build_optimizer(model: Any, cfg: MtlConfig, total_steps: int) -> tuple[Any, 
 
     # Biases and LayerNorm weights are not decayed (the usual BERT fine-tuning recipe).
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    for p in model.parameters():
         if p.requires_grad:
             (no_decay if p.ndim < 2 else decay).append(p)
     t = cfg.trainer
@@ -136,8 +136,12 @@ def train(cfg: DictConfig | MtlConfig, run_dir: Path | None = None, overrides: l
     log.info("parameters: %s", model.parameter_counts())
     log.info(
         "mixing=%s probabilities %s; %d steps (%.2f epochs of %d steps), eval every %d",
-        typed.mixing.name, {k: round(v, 4) for k, v in sampler.probabilities.items()},
-        total_steps, total_steps / steps_per_epoch, steps_per_epoch, eval_every,
+        typed.mixing.name,
+        {k: round(v, 4) for k, v in sampler.probabilities.items()},
+        total_steps,
+        total_steps / steps_per_epoch,
+        steps_per_epoch,
+        eval_every,
     )
     opt, sched = build_optimizer(model, typed, total_steps)
     batches = {
@@ -208,7 +212,13 @@ class TrainLoop:
 
         self.model.train()
         start = time.perf_counter()
-        columns = [TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}")]
+        columns = [
+            TextColumn("train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+        ]
         with Progress(*columns, disable=not self.cfg.trainer.progress, transient=False) as progress:
             bar = progress.add_task("train", total=total_steps, info="")
             while self.step < total_steps:
@@ -238,8 +248,10 @@ class TrainLoop:
         score = results["average"][t.best_metric]
         log.info(
             "eval step %d: %s | average %s %.4f",
-            self.step, " ".join(f"{k}={v[t.best_metric]:.4f}" for k, v in results.items() if k != "average"),
-            t.best_metric, score,
+            self.step,
+            " ".join(f"{k}={v[t.best_metric]:.4f}" for k, v in results.items() if k != "average"),
+            t.best_metric,
+            score,
         )
         state = {
             "step": self.step,
@@ -257,8 +269,14 @@ class TrainLoop:
             save_checkpoint(self.run_dir / "checkpoints" / "best", self.model, self.tokenizer, self.labels, state, None)
         import torch
 
-        train_state = {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "torch_rng": torch.get_rng_state()}
-        save_checkpoint(self.run_dir / "checkpoints" / "last", self.model, self.tokenizer, self.labels, state, train_state)
+        train_state = {
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+        }
+        save_checkpoint(
+            self.run_dir / "checkpoints" / "last", self.model, self.tokenizer, self.labels, state, train_state
+        )
 
 
 def finish(loop: TrainLoop, tasks: dict) -> dict:
@@ -269,10 +287,16 @@ def finish(loop: TrainLoop, tasks: dict) -> dict:
     run_dir, t = loop.run_dir, loop.cfg.trainer
     load_weights(loop.model, run_dir / "checkpoints" / "best")
     pad_id = loop.tokenizer.pad_token_id
-    results = {split: evaluate(loop.model, loop.data[split], t.eval_batch_size, pad_id) for split in ("validation", "test")}
+    results = {
+        split: evaluate(loop.model, loop.data[split], t.eval_batch_size, pad_id) for split in ("validation", "test")
+    }
     epochs = loop.epochs_seen()
     extra = {
-        n: {"train_examples": len(loop.data["train"][n]["label"]), "examples_seen": loop.seen[n], "epochs": round(epochs[n], 2)}
+        n: {
+            "train_examples": len(loop.data["train"][n]["label"]),
+            "examples_seen": loop.seen[n],
+            "epochs": round(epochs[n], 2),
+        }
         for n in tasks
     }
     rows = table_rows(results, extra)

@@ -47,7 +47,9 @@ def workdir(tmp_path: Path) -> Path:
         ("nocol", "ok.tsv", "text_column: review\n"),
     ]:
         files = f"files:\n  train: {train}\n" + (extra if extra.startswith("  ") else "")
-        body = f"# @package task.{name}\ndata_dir: {data}\nformat: tsv\n{files}{'' if extra.startswith('  ') else extra}"
+        body = (
+            f"# @package task.{name}\ndata_dir: {data}\nformat: tsv\n{files}{'' if extra.startswith('  ') else extra}"
+        )
         (conf / f"{name}.yaml").write_text(body)
     return tmp_path
 

@@ -89,7 +89,10 @@ def test_weights_override_without_plus() -> None:
         (["task=[yelpp]"], "unknown task 'yelpp'; known: demo/electronics"),
         (["mixing=softmax"], "unknown option for `mixing=` 'softmax'"),
         (["trainer.lr=-1"], "`trainer.lr` must be positive"),
-        (["mixing=weights", "++mixing.weights.restaurants=0", "++mixing.weights.electronics=0"], "must sum to a positive"),
+        (
+            ["mixing=weights", "++mixing.weights.restaurants=0", "++mixing.weights.electronics=0"],
+            "must sum to a positive",
+        ),
         (["encoder=hf"], "encoder.name_or_path"),
         (["task=[sentences/imdb,fdu/imdb]"], "share a name"),
     ],

@@ -150,8 +150,14 @@ def test_tokenization_is_cached_for_the_next_run() -> None:
 
 def test_multirun_sweep_gives_each_job_its_own_run(tmp_path: Path) -> None:
     proc = run_mtl(
-        "train", "-m", "experiment=smoke", "mixing=temperature", "mixing.temperature=1,4",
-        "trainer.max_steps=2", "trainer.eval_every=2", cwd=tmp_path,
+        "train",
+        "-m",
+        "experiment=smoke",
+        "mixing=temperature",
+        "mixing.temperature=1,4",
+        "trainer.max_steps=2",
+        "trainer.eval_every=2",
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
     runs = run_dirs(tmp_path / "runs")

@@ -1,0 +1,39 @@
+# mtl - make help lists the targets. Everything runs inside .venv, created on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH := torch==2.13.0
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test test-fast lint check clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(BIN)/mtl: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# The pinned CPU torch first: an unpinned one would pull gigabytes of CUDA packages.
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+install: $(BIN)/mtl ## create .venv and install torch (CPU), mtl and its dev tools
+
+demo: install ## train and evaluate the offline demo (MiniLM, packaged reviews), ~1 min
+	$(BIN)/mtl train experiment=demo
+	$(BIN)/mtl eval latest
+
+test: install ## run the whole test suite (real-data tests skip if ../shared/data is absent)
+	$(BIN)/pytest
+
+test-fast: install ## the suite without the slow (real-data, pretrained) tests
+	$(BIN)/pytest -m "not slow"
+
+lint: install ## ruff
+	$(BIN)/ruff check mtl_cli tests
+
+check: lint test ## lint + tests, as CI runs them
+
+clean: ## remove .venv and caches (runs/ is kept)
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
