@@ -47,7 +47,9 @@ def load_task(name: str, cfg: TaskConfig, data_root: str | None) -> Task:
         if len(splits[split]) == 0:
             raise MtlError(f"task '{name}': the {split} split is empty; add examples or check `task.{name}.files`")
     if len(set(splits["train"]["label"])) < 2:
-        raise MtlError(f"task '{name}': the training split holds a single label; a classifier needs at least two")
+        raise MtlError(
+            f"task '{name}': the training split holds a single label; check task.{name}.label_column and the file's labels"
+        )
     return Task(name=name, cfg=cfg, labels=labels, splits=splits)
 
 
@@ -74,6 +76,12 @@ def _load_local(name: str, cfg: TaskConfig, data_root: str | None):
             raise MtlError(f"task '{name}': {split} file not found: {path}; {hint}")
         if not os.access(path, os.R_OK):
             raise MtlError(f"task '{name}': {split} file is not readable: {path}; fix its permissions")
+        if cfg.format != "parquet" and not _has_examples(
+            path, skip=1 if cfg.header and cfg.format in ("csv", "tsv") else 0
+        ):
+            raise MtlError(
+                f"task '{name}': the {split} split is empty ({path} has no examples); add examples or drop task.{name}.files.{split}"
+            )
         files[split] = str(path.resolve())
     kwargs: dict[str, Any] = {}
     if cfg.format in ("csv", "tsv"):
@@ -99,6 +107,15 @@ def _load_local(name: str, cfg: TaskConfig, data_root: str | None):
             f"task '{name}': could not read its {cfg.format} files ({first}); check `task.{name}.format`, "
             f"`.delimiter`, `.header` and `.quoting`"
         ) from None
+
+
+def _has_examples(path: Path, skip: int) -> bool:
+    """True when the file has a non-blank line after `skip` header lines (reads only that far)."""
+    with open(path, "rb") as f:
+        for i, line in enumerate(f):
+            if i >= skip and line.strip():
+                return True
+    return False
 
 
 def _root_cause(err: BaseException) -> BaseException:
@@ -189,16 +206,21 @@ def _encode_labels(name: str, cfg: TaskConfig, raw, labels: list[str]):
                 f"fix the data or set task.{name}.labels / task.{name}.label_map"
             )
         features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=labels)})
-        raw[split] = ds.map(
-            lambda batch: {
-                "text": [t if t is not None else "" for t in batch["text"]],
-                "label": [ids[_raw_to_name(cfg, v)] for v in batch["raw_label"]],
-            },
-            batched=True,
-            remove_columns=["raw_label"],
-            features=features,
-            new_fingerprint=_fingerprint(ds, "labels", labels, sorted(cfg.label_map.items())),
-        )
+        try:
+            raw[split] = ds.map(
+                lambda batch: {
+                    "text": [t if t is not None else "" for t in batch["text"]],
+                    "label": [ids[_raw_to_name(cfg, v)] for v in batch["raw_label"]],
+                },
+                batched=True,
+                remove_columns=["raw_label"],
+                features=features,
+                new_fingerprint=_fingerprint(ds, "labels", labels, sorted(cfg.label_map.items())),
+            )
+        except UnicodeDecodeError:
+            raise MtlError(
+                f"task '{name}': the {split} data is not valid UTF-8; re-encode the file, e.g. iconv -t UTF-8"
+            ) from None
     return raw
 
 
@@ -208,8 +230,6 @@ def _complete_splits(name: str, cfg: TaskConfig, raw):
 
     out = dict(raw)
     train = out["train"]
-    if cfg.max_train_examples:
-        train = train.shuffle(seed=cfg.split_seed).select(range(min(cfg.max_train_examples, len(train))))
     n = len(train)
     for split, size in (("test", cfg.test_size), ("validation", cfg.validation_size)):
         if split in out:
@@ -225,6 +245,9 @@ def _complete_splits(name: str, cfg: TaskConfig, raw):
         except ValueError:  # a label too rare to stratify: fall back to a plain seeded split
             parts = train.train_test_split(test_size=count, seed=cfg.split_seed)
         train, out[split] = parts["train"], parts["test"]
+    # Capped after carving, so capped and uncapped runs are scored on the same held-out examples.
+    if cfg.max_train_examples:
+        train = train.shuffle(seed=cfg.split_seed).select(range(min(cfg.max_train_examples, len(train))))
     out["train"] = train
     if cfg.max_eval_examples:
         for split in ("validation", "test"):
