@@ -140,6 +140,8 @@ def hydra_train() -> None:
         except MtlError as err:
             remove_empty_dirs(Path(hc.runtime.output_dir), levels=2)
             fail(str(err))
+        except KeyboardInterrupt:
+            fail("interrupted; checkpoints/last in the run directory holds the state of the last evaluation", 130)
 
     _run()
 

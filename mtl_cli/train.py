@@ -163,8 +163,6 @@ def claim(run_dir: Path | None, cfg: MtlConfig, overrides: list[str]) -> Path:
 
     base = run_dir or new_run_dir(cfg.runs_root, task_names_label(cfg.task))
     claimed = claim_run_dir(base, OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-    if claimed != base and run_dir is not None and run_dir.is_dir() and not any(run_dir.iterdir()):
-        run_dir.rmdir()
     (claimed / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(list(overrides))), encoding="utf-8")
     return claimed
 
