@@ -1,49 +1,45 @@
 """Batches: shuffled single-task training batches and length-sorted evaluation batches.
 
-Each batch is padded only to its own longest sequence (dynamic padding). Training order is a
-pure function of (seed, task index, epoch), so the position in it is two integers, which is
-all a resumed run needs.
+Each batch is padded only to its own longest sequence (dynamic padding); the task type's
+`collate` builds its tensors. Training order and any random masking are pure functions of
+(seed, epoch, position), so the position in the data is two integers, which is all a resumed
+run needs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
-import torch
+
+Columns = dict[str, list]
 
 
-def pad(seqs: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    longest = max(len(s) for s in seqs)
-    input_ids = torch.full((len(seqs), longest), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(seqs), longest), dtype=torch.long)
-    for row, seq in enumerate(seqs):
-        input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        attention_mask[row, : len(seq)] = 1
-    return {"input_ids": input_ids, "attention_mask": attention_mask}
+def rows(columns: Columns, idx) -> list[dict]:
+    return [{key: values[i] for key, values in columns.items()} for i in idx]
 
 
 class TaskBatches:
     """Endless shuffled epochs over one task's training examples."""
 
-    def __init__(self, input_ids: list[list[int]], labels: list[int], batch_size: int, pad_id: int, seed: int):
-        self.input_ids, self.labels = input_ids, labels
+    def __init__(self, columns: Columns, collate: Callable, batch_size: int, pad_id: int, seed: int):
+        self.columns, self.collate = columns, collate
         self.batch_size, self.pad_id, self.seed = batch_size, pad_id, seed
+        self.size = len(columns["input_ids"])
         self.epoch, self.position = 0, 0
         self._order = self._permutation()
 
     def _permutation(self) -> np.ndarray:
-        return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.labels))
+        return np.random.default_rng([self.seed, self.epoch]).permutation(self.size)
 
-    def next_batch(self) -> dict[str, torch.Tensor]:
-        if self.position >= len(self._order):
+    def next_batch(self) -> dict:
+        if self.position >= self.size:
             self.epoch, self.position = self.epoch + 1, 0
             self._order = self._permutation()
         idx = self._order[self.position : self.position + self.batch_size]
+        rng = np.random.default_rng([self.seed, self.epoch, self.position])
         self.position += len(idx)
-        batch = pad([self.input_ids[i] for i in idx], self.pad_id)
-        batch["labels"] = torch.tensor([self.labels[i] for i in idx], dtype=torch.long)
-        return batch
+        return self.collate(rows(self.columns, idx), self.pad_id, rng)
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "position": self.position}
@@ -53,9 +49,10 @@ class TaskBatches:
         self._order = self._permutation()
 
 
-def eval_batches(input_ids: list[list[int]], batch_size: int, pad_id: int) -> Iterator[tuple[list[int], dict]]:
-    """Batches sorted by length, so little compute goes to padding; yields original indices too."""
-    order = sorted(range(len(input_ids)), key=lambda i: len(input_ids[i]))
+def eval_batches(columns: Columns, collate: Callable, batch_size: int, pad_id: int) -> Iterator[dict]:
+    """Batches sorted by length, so little compute goes to padding; masking (MLM) is fixed per run."""
+    lengths = columns["input_ids"]
+    order = sorted(range(len(lengths)), key=lambda i: len(lengths[i]))
+    rng = np.random.default_rng(0)
     for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        yield idx, pad([input_ids[i] for i in idx], pad_id)
+        yield collate(rows(columns, order[start : start + batch_size]), pad_id, rng)

@@ -31,7 +31,7 @@ def evaluate_run(
     from mtl_cli.config import to_typed
     from mtl_cli.encoders import encoder_from_checkpoint
     from mtl_cli.evaluate import evaluate
-    from mtl_cli.model import MultiTaskModel
+    from mtl_cli.model import build_model
     from mtl_cli.rundir import (
         find_checkpoint,
         load_weights,
@@ -72,13 +72,16 @@ def evaluate_run(
         if task.labels != labels.get(name):
             raise MtlError(f"task '{name}' now has labels {task.labels}, the checkpoint has {labels.get(name)}")
     encoder, tokenizer = encoder_from_checkpoint(ckpt)
-    model = MultiTaskModel(encoder, {n: len(labels[n]) for n in labels}, cfg.sharing)
+    full_cfg = to_typed(OmegaConf.load(run_dir / "config.yaml"))  # every head, to match the weights
+    model = build_model(encoder, full_cfg.task, labels, cfg.sharing)
     load_weights(model, ckpt)
     model.to(device)
     data = tokenize_tasks(loaded, tokenizer)
     state = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
-    results = evaluate(model, data[split], batch_size or cfg.trainer.eval_batch_size, tokenizer.pad_token_id)
-    rows = table_rows({split: results}, {n: {"examples": len(data[split][n]["label"])} for n in loaded})
+    types = {n: tc.type for n, tc in cfg.task.items()}
+    batch = batch_size or cfg.trainer.eval_batch_size
+    results = evaluate(model, data[split], types, labels, batch, tokenizer.pad_token_id)
+    rows = table_rows({split: results}, {n: {"examples": len(data[split][n]["input_ids"])} for n in loaded})
     out_dir = run_dir / "eval"
     out_dir.mkdir(exist_ok=True)
     stem = out_dir / f"{checkpoint}_{split}"

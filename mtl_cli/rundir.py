@@ -113,14 +113,19 @@ def load_weights(model: Any, ckpt: Path) -> None:
 
 
 def table_rows(results: dict[str, dict[str, dict[str, float]]], extra: dict[str, dict[str, Any]]) -> list[dict]:
-    """One row per task (then `average`): split metrics as `<split>_<metric>` plus extra columns."""
-    tasks = [t for t in next(iter(results.values())) if t != "average"] + ["average"]
+    """One row per task (then `average`): `<split>_<metric>` for every metric any task has, plus extras.
+
+    Tasks of different types have different metrics; a cell a task has no value for stays empty.
+    """
+    first = next(iter(results.values()))
+    tasks = [t for t in first if t != "average"] + ["average"]
+    metrics = list(dict.fromkeys(m for r in first.values() for m in r if m not in ("loss", "main")))
     rows = []
     for task in tasks:
         row: dict[str, Any] = {"task": task, **extra.get(task, {})}
         for split, per_task in results.items():
-            for metric in ("accuracy", "macro_f1"):
-                row[f"{split}_{metric}"] = per_task[task][metric]
+            for metric in metrics:
+                row[f"{split}_{metric}"] = per_task[task].get(metric)
         rows.append(row)
     return rows
 

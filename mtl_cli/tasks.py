@@ -1,8 +1,9 @@
-"""Tasks: load each task's splits (local files or the Hub), check them, encode labels.
+"""Tasks: load each task's splits (local files or the Hub), check them, normalise the labels.
 
-Every task comes out as a `datasets.DatasetDict` with splits train/validation/test and two
-columns, `text` (str) and `label` (ClassLabel). `datasets` caches the parsed files, so the
-next run with the same files reads Arrow tables instead of re-parsing.
+Every task comes out as a `datasets.DatasetDict` with splits train/validation/test whose
+columns are named by role (`text`, `text_pair`, `label`, `tokens`, `tags`: which ones depends on
+the task type, see `mtl_cli/task_types`). `datasets` caches the parsed files, so the next run
+with the same files reads Arrow tables instead of re-parsing.
 """
 
 from __future__ import annotations
@@ -18,15 +19,16 @@ from urllib.parse import urlparse
 from mtl_cli.config import SPLITS, TaskConfig
 from mtl_cli.errors import MtlError
 
-_BUILDERS = {"csv": "csv", "tsv": "csv", "json": "json", "jsonl": "json", "parquet": "parquet"}
+_BUILDERS = {"csv": "csv", "tsv": "csv", "json": "json", "jsonl": "json", "parquet": "parquet", "text": "text"}
+_TEXT_ROLES = ("text", "text_pair")
 
 
 @dataclass
 class Task:
     name: str
     cfg: TaskConfig
-    labels: list[str]
-    splits: Any  # datasets.DatasetDict with columns text, label
+    labels: list[str] | None  # label names in id order; None for regression and MLM
+    splits: Any  # datasets.DatasetDict, columns named by role
 
     def sizes(self) -> dict[str, int]:
         return {split: len(self.splits[split]) for split in SPLITS}
@@ -35,21 +37,22 @@ class Task:
 def load_task(name: str, cfg: TaskConfig, data_root: str | None) -> Task:
     import datasets
 
+    from mtl_cli import task_types
+
     datasets.disable_progress_bars()
     # datasets logs a failed parse before raising it; the raised error is reported instead.
     datasets.logging.set_verbosity(datasets.logging.CRITICAL)
+    ttype = task_types.get(cfg.type)
     raw = _load_hub(name, cfg) if cfg.source == "hub" else _load_local(name, cfg, data_root)
-    raw = _select_columns(name, cfg, raw)
-    labels = _label_names(name, cfg, raw)
-    raw = _encode_labels(name, cfg, raw, labels)
+    if "train" not in raw:
+        raise MtlError(f"task '{name}' has no train split; set task.{name}.files.train")
+    raw = _select_columns(name, ttype.columns(cfg), raw)
+    raw = _clean_texts(name, raw)
+    raw, labels = ttype.prepare(name, cfg, raw)
     splits = _complete_splits(name, cfg, raw)
     for split in SPLITS:
         if len(splits[split]) == 0:
             raise MtlError(f"task '{name}': the {split} split is empty; add examples or check `task.{name}.files`")
-    if len(set(splits["train"]["label"])) < 2:
-        raise MtlError(
-            f"task '{name}': the training split holds a single label; check task.{name}.label_column and the file's labels"
-        )
     return Task(name=name, cfg=cfg, labels=labels, splits=splits)
 
 
@@ -83,6 +86,10 @@ def _load_local(name: str, cfg: TaskConfig, data_root: str | None):
                 f"task '{name}': the {split} split is empty ({path} has no examples); add examples or drop task.{name}.files.{split}"
             )
         files[split] = str(path.resolve())
+    if cfg.format == "conll":
+        from mtl_cli.conll import load_conll
+
+        return load_conll(name, files)
     kwargs: dict[str, Any] = {}
     if cfg.format in ("csv", "tsv"):
         kwargs = {
@@ -161,61 +168,38 @@ def _load_hub(name: str, cfg: TaskConfig):
         ) from None
 
 
-def _select_columns(name: str, cfg: TaskConfig, raw):
+def _select_columns(name: str, roles: dict[str, str], raw):
+    """Keep the columns the task type reads, renamed to their roles."""
+    import datasets
+
+    out = {}
     for split, ds in raw.items():
-        for role, column in (("text_column", cfg.text_column), ("label_column", cfg.label_column)):
+        for role, column in roles.items():
             if column not in ds.column_names:
                 raise MtlError(
                     f"task '{name}': the {split} data has no column '{column}' (columns: {ds.column_names}); "
-                    f"set task.{name}.{role}=<column> or task.{name}.column_names=[...]"
+                    f"set task.{name}.{role}_column=<column> or task.{name}.column_names=[...]"
                 )
-        keep = [cfg.text_column, cfg.label_column]
-        ds = ds.remove_columns([c for c in ds.column_names if c not in keep])
-        if cfg.text_column != "text":
-            ds = ds.rename_column(cfg.text_column, "text")
-        if cfg.label_column != "raw_label":
-            ds = ds.rename_column(cfg.label_column, "raw_label")
-        raw[split] = ds
-    return raw
+        ds = ds.select_columns(list(roles.values()))
+        out[split] = (
+            ds.rename_columns({c: r for r, c in roles.items() if c != r})
+            if any(c != r for r, c in roles.items())
+            else ds
+        )
+    return datasets.DatasetDict(out)
 
 
-def _raw_to_name(cfg: TaskConfig, value: Any) -> str:
-    key = str(value).strip()
-    return cfg.label_map.get(key, key)
-
-
-def _label_names(name: str, cfg: TaskConfig, raw) -> list[str]:
-    if cfg.labels:
-        return [str(label) for label in cfg.labels]
-    if "train" not in raw:
-        raise MtlError(f"task '{name}' has no train split; set task.{name}.files.train")
-    return sorted({_raw_to_name(cfg, v) for v in raw["train"].unique("raw_label")})
-
-
-def _encode_labels(name: str, cfg: TaskConfig, raw, labels: list[str]):
-    import datasets
-
-    ids = {label: i for i, label in enumerate(labels)}
+def _clean_texts(name: str, raw):
+    """Missing texts become empty strings; bytes that are not UTF-8 are reported here, not deep in a map."""
+    roles = [r for r in _TEXT_ROLES if r in raw["train"].column_names]
+    if not roles:
+        return raw
     for split, ds in raw.items():
-        unknown = sorted({_raw_to_name(cfg, v) for v in ds.unique("raw_label")} - set(ids), key=str)
-        if unknown:
-            bad = unknown[0]
-            row = next(i for i, v in enumerate(ds["raw_label"]) if _raw_to_name(cfg, v) == bad)
-            raise MtlError(
-                f"task '{name}': label '{bad}' ({split} row {row + 1}) is not in the label set {labels}; "
-                f"fix the data or set task.{name}.labels / task.{name}.label_map"
-            )
-        features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=labels)})
         try:
             raw[split] = ds.map(
-                lambda batch: {
-                    "text": [t if t is not None else "" for t in batch["text"]],
-                    "label": [ids[_raw_to_name(cfg, v)] for v in batch["raw_label"]],
-                },
+                lambda batch: {r: ["" if t is None else t for t in batch[r]] for r in roles},
                 batched=True,
-                remove_columns=["raw_label"],
-                features=features,
-                new_fingerprint=_fingerprint(ds, "labels", labels, sorted(cfg.label_map.items())),
+                new_fingerprint=_fingerprint(ds, "clean", roles),
             )
         except UnicodeDecodeError:
             raise MtlError(
@@ -240,9 +224,13 @@ def _complete_splits(name: str, cfg: TaskConfig, raw):
                 f"task '{name}': cannot carve {count} {split} examples from {len(train)} training examples; "
                 f"lower task.{name}.{split}_size or add a {split} file"
             )
-        try:
-            parts = train.train_test_split(test_size=count, seed=cfg.split_seed, stratify_by_column="label")
-        except ValueError:  # a label too rare to stratify: fall back to a plain seeded split
+        parts = None
+        if isinstance(train.features.get("label"), datasets.ClassLabel):
+            try:
+                parts = train.train_test_split(test_size=count, seed=cfg.split_seed, stratify_by_column="label")
+            except ValueError:  # a label too rare to stratify: fall back to a plain seeded split
+                pass
+        if parts is None:
             parts = train.train_test_split(test_size=count, seed=cfg.split_seed)
         train, out[split] = parts["train"], parts["test"]
     # Capped after carving, so capped and uncapped runs are scored on the same held-out examples.

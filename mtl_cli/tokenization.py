@@ -1,14 +1,29 @@
-"""Tokenize each task once, through `datasets.map`, so the next run reuses the cached result.
+"""Input representation: tokenize each task once (cached by `datasets`), truncate, mark, pad.
 
-The cache key is explicit (input fingerprint + tokenizer contents + max length): hashing the
-tokenizer object itself is unstable across calls, which would silently defeat the cache.
+The cache key is explicit (input fingerprint + tokenizer contents + the task's input settings):
+hashing the tokenizer object itself is unstable across calls, which would silently defeat the cache.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch
+
+from mtl_cli.config import TaskConfig
 from mtl_cli.tasks import Task, _fingerprint
+
+
+def marker_token(task: str) -> str:
+    return f"[TASK={task}]"
+
+
+def add_task_markers(tokenizer: Any, encoder: Any, tasks: list[str]) -> None:
+    """Give each task with `task_marker: prefix` its own special token (and embedding row)."""
+    new = [marker_token(t) for t in tasks if marker_token(t) not in tokenizer.get_vocab()]
+    if new:
+        tokenizer.add_tokens(new, special_tokens=True)
+        encoder.resize_token_embeddings(len(tokenizer))
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
@@ -19,13 +34,67 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return Hasher.hash((type(tokenizer).__name__, contents, tokenizer.truncation_side))
 
 
-def tokenize_task(task: Task, tokenizer: Any, tokenizer_fp: str) -> Any:
-    """Returns split -> Dataset with input_ids (unpadded) and label; masks are built when batching."""
-    max_length = task.cfg.max_length
+def truncate(ids: list[int], room: int, cfg: TaskConfig) -> list[int]:
+    """Keep `room` content tokens: the head, the tail, or head_tokens from the start plus the end."""
+    if len(ids) <= room:
+        return ids
+    if cfg.truncation == "head":
+        return ids[:room]
+    if cfg.truncation == "tail":
+        return ids[len(ids) - room :]
+    head = min(cfg.head_tokens or room // 4, room)
+    return ids[:head] + ids[len(ids) - (room - head) :]
+
+
+def special_token_layout(tokenizer: Any) -> tuple[int, int]:
+    """How many special tokens the tokenizer puts before and after a single text ([CLS] x [SEP]: 1, 1)."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a")["input_ids"]
+    for lead in range(len(full) - len(plain) + 1):
+        if full[lead : lead + len(plain)] == plain:
+            return lead, len(full) - lead - len(plain)
+    return 0, 0
+
+
+def encode_texts(
+    tokenizer: Any, texts: list[str], pairs: list[str] | None, cfg: TaskConfig, marker_id: int | None = None
+) -> dict[str, list]:
+    """input_ids (and token_type_ids for pairs), special tokens added, at most cfg.max_length long."""
+    extra = 1 if marker_id is not None else 0
+    if pairs is not None:
+        # Pairs: the tokenizer's longest_first strategy trims whichever text is longer.
+        enc = tokenizer(texts, pairs, truncation=True, max_length=cfg.max_length - extra, return_token_type_ids=True)
+        out = {"input_ids": enc["input_ids"], "token_type_ids": enc["token_type_ids"]}
+    else:
+        lead, trail = special_token_layout(tokenizer)
+        room = cfg.max_length - extra - lead - trail
+        ids = tokenizer(texts)["input_ids"]
+        out = {
+            "input_ids": [s[:lead] + truncate(s[lead : len(s) - trail], room, cfg) + s[len(s) - trail :] for s in ids]
+        }
+    if marker_id is not None:
+        out = {
+            key: [insert_marker(seq, marker_id if key == "input_ids" else 0) for seq in seqs]
+            for key, seqs in out.items()
+        }
+    return out
+
+
+def insert_marker(seq: list, value: Any) -> list:
+    """The task marker goes right after the first special token ([CLS])."""
+    return seq[:1] + [value] + seq[1:]
+
+
+def tokenize_task(task: Task, tokenizer: Any, tokenizer_fp: str) -> dict[str, Any]:
+    """split -> Dataset with input_ids (unpadded), [token_type_ids], labels."""
+    from mtl_cli import task_types
+
+    ttype = task_types.get(task.cfg.type)
+    marker_id = tokenizer.convert_tokens_to_ids(marker_token(task.name)) if task.cfg.task_marker == "prefix" else None
+    settings = (task.cfg.type, task.cfg.max_length, task.cfg.truncation, task.cfg.head_tokens, marker_id, task.labels)
 
     def encode(batch: dict[str, list]) -> dict[str, list]:
-        enc = tokenizer(batch["text"], truncation=True, max_length=max_length)
-        return {"input_ids": enc["input_ids"], "label": batch["label"]}
+        return ttype.encode(batch, tokenizer, task.cfg, task.labels, marker_id)
 
     out = {}
     for split, ds in task.splits.items():
@@ -34,7 +103,33 @@ def tokenize_task(task: Task, tokenizer: Any, tokenizer_fp: str) -> Any:
             batched=True,
             batch_size=1000,
             remove_columns=ds.column_names,
-            new_fingerprint=_fingerprint(ds, "tokenize", tokenizer_fp, max_length),
+            new_fingerprint=_fingerprint(ds, "tokenize", tokenizer_fp, settings),
             desc=f"tokenizing {task.name}/{split}",
         )
+    return out
+
+
+def pad_inputs(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """input_ids padded to the longest row of this batch, attention_mask, token_type_ids if present."""
+    longest = max(len(r["input_ids"]) for r in rows)
+    input_ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), longest), dtype=torch.long)
+    for i, r in enumerate(rows):
+        n = len(r["input_ids"])
+        input_ids[i, :n] = torch.tensor(r["input_ids"], dtype=torch.long)
+        attention_mask[i, :n] = 1
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if "token_type_ids" in rows[0]:
+        token_type_ids = torch.zeros((len(rows), longest), dtype=torch.long)
+        for i, r in enumerate(rows):
+            token_type_ids[i, : len(r["token_type_ids"])] = torch.tensor(r["token_type_ids"], dtype=torch.long)
+        batch["token_type_ids"] = token_type_ids
+    return batch
+
+
+def pad_sequences(seqs: list[list], value: Any, dtype: torch.dtype) -> torch.Tensor:
+    """Per-token values (tags, MLM targets) padded to the longest row with `value`."""
+    out = torch.full((len(seqs), max(len(s) for s in seqs)), value, dtype=dtype)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = torch.tensor(s, dtype=dtype)
     return out

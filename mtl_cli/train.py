@@ -28,14 +28,14 @@ def load_tasks(cfg: MtlConfig) -> dict:
 
 
 def tokenize_tasks(tasks: dict, tokenizer: Any) -> dict[str, dict[str, dict[str, list]]]:
-    """split -> task -> {"input_ids": [...], "label": [...]}, tokenized once and cached by `datasets`."""
+    """split -> task -> columns ({"input_ids": [...], "labels": [...], ...}), tokenized once, cached by `datasets`."""
     from mtl_cli.tokenization import tokenize_task, tokenizer_fingerprint
 
     fp = tokenizer_fingerprint(tokenizer)
     data: dict[str, dict[str, dict[str, list]]] = {"train": {}, "validation": {}, "test": {}}
     for name, task in tasks.items():
         for split, ds in tokenize_task(task, tokenizer, fp).items():
-            data[split][name] = {"input_ids": ds["input_ids"], "label": ds["label"]}
+            data[split][name] = ds.to_dict()
     return data
 
 
@@ -104,10 +104,12 @@ def train(cfg: DictConfig | MtlConfig, run_dir: Path | None = None, overrides: l
     """
     import torch
 
+    from mtl_cli import task_types
     from mtl_cli.batches import TaskBatches
     from mtl_cli.encoders import load_encoder
     from mtl_cli.mixing import build_sampler
-    from mtl_cli.model import MultiTaskModel
+    from mtl_cli.model import build_model
+    from mtl_cli.tokenization import add_task_markers
 
     typed = absolute_paths(to_typed(cfg) if isinstance(cfg, DictConfig) else cfg)
     setup_logging(None)
@@ -117,8 +119,9 @@ def train(cfg: DictConfig | MtlConfig, run_dir: Path | None = None, overrides: l
     tasks = load_tasks(typed)  # data mistakes surface before the encoder is loaded
     torch.manual_seed(typed.seed)  # a random-init encoder draws its weights here
     encoder, tokenizer = load_encoder(typed.encoder)
+    add_task_markers(tokenizer, encoder, [n for n, tc in typed.task.items() if tc.task_marker == "prefix"])
     data = tokenize_tasks(tasks, tokenizer)
-    sizes = {name: len(d["label"]) for name, d in data["train"].items()}
+    sizes = {name: len(d["input_ids"]) for name, d in data["train"].items()}
     sampler = build_sampler(typed.mixing, sizes, typed.seed)
     steps_per_epoch = math.ceil(sum(sizes.values()) / t.batch_size)
     total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
@@ -129,10 +132,11 @@ def train(cfg: DictConfig | MtlConfig, run_dir: Path | None = None, overrides: l
     log.info("run directory: %s", run_dir)
     log.info("device: %s, torch threads: %d", device, torch.get_num_threads())
     for name, task in tasks.items():
-        log.info("task %s: %s labels %s", name, task.sizes(), task.labels)
+        log.info("task %s (%s): %s labels %s", name, task.cfg.type, task.sizes(), task.labels)
 
+    labels = {n: tk.labels for n, tk in tasks.items()}
     torch.manual_seed(typed.seed)
-    model = MultiTaskModel(encoder, {n: len(tk.labels) for n, tk in tasks.items()}, typed.sharing).to(device)
+    model = build_model(encoder, typed.task, labels, typed.sharing).to(device)
     log.info("parameters: %s", model.parameter_counts())
     log.info(
         "mixing=%s probabilities %s; %d steps (%.2f epochs of %d steps), eval every %d",
@@ -144,11 +148,13 @@ def train(cfg: DictConfig | MtlConfig, run_dir: Path | None = None, overrides: l
         eval_every,
     )
     opt, sched = build_optimizer(model, typed, total_steps)
+    types = {n: tc.type for n, tc in typed.task.items()}
     batches = {
-        name: TaskBatches(d["input_ids"], d["label"], t.batch_size, tokenizer.pad_token_id, typed.seed * 1000 + i)
+        name: TaskBatches(
+            d, task_types.get(types[name]).collate, t.batch_size, tokenizer.pad_token_id, typed.seed * 1000 + i
+        )
         for i, (name, d) in enumerate(data["train"].items())
     }
-    labels = {n: tk.labels for n, tk in tasks.items()}
     loop = TrainLoop(typed, run_dir, model, tokenizer, labels, opt, sched, sampler, batches, data, device)
     try:
         loop.run(total_steps, eval_every)
@@ -180,13 +186,13 @@ class TrainLoop:
         self.running_loss: dict[str, float] = {}
 
     def train_step(self) -> str:
-        import torch.nn.functional as F
         from torch.nn.utils import clip_grad_norm_
+
+        from mtl_cli import task_types
 
         task = self.sampler.next_task()
         batch = {k: v.to(self.device) for k, v in self.batches[task].next_batch().items()}
-        labels = batch.pop("labels")
-        loss = F.cross_entropy(self.model(task, **batch), labels)
+        loss = task_types.get(self.cfg.task[task].type).loss(self.model(task, batch), batch)
         loss.backward()
         if self.cfg.trainer.max_grad_norm > 0:
             clip_grad_norm_(self.model.parameters(), self.cfg.trainer.max_grad_norm)
@@ -196,14 +202,29 @@ class TrainLoop:
         value = loss.item()
         if not math.isfinite(value):
             raise MtlError(f"loss of task '{task}' became {value} at step {self.step + 1}; lower trainer.lr")
-        self.seen[task] += len(labels)
+        self.seen[task] += batch["input_ids"].shape[0]
         prev = self.running_loss.get(task)
         self.running_loss[task] = value if prev is None else 0.9 * prev + 0.1 * value
         self.step += 1
         return task
 
+    def main_metric(self, task: str, metrics: dict) -> float:
+        from mtl_cli import task_types
+
+        name = self.cfg.trainer.best_metric
+        return metrics.get(name, metrics[task_types.get(self.cfg.task[task].type).MAIN_METRIC])
+
     def epochs_seen(self) -> dict[str, float]:
-        return {n: self.seen[n] / max(len(self.data["train"][n]["label"]), 1) for n in self.seen}
+        return {n: self.seen[n] / max(self.batches[n].size, 1) for n in self.seen}
+
+    def evaluate(self, split: str) -> dict:
+        from mtl_cli.evaluate import evaluate
+
+        types = {n: tc.type for n, tc in self.cfg.task.items()}
+        t = self.cfg.trainer
+        return evaluate(
+            self.model, self.data[split], types, self.labels, t.eval_batch_size, self.tokenizer.pad_token_id
+        )
 
     def run(self, total_steps: int, eval_every: int) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -230,11 +251,15 @@ class TrainLoop:
                     self.evaluate_and_save()
 
     def evaluate_and_save(self) -> None:
-        from mtl_cli.evaluate import evaluate
         from mtl_cli.rundir import append_jsonl, save_checkpoint
 
         t = self.cfg.trainer
-        results = evaluate(self.model, self.data["validation"], t.eval_batch_size, self.tokenizer.pad_token_id)
+        results = self.evaluate("validation")
+        if t.best_metric not in results["average"]:
+            raise MtlError(
+                f"`trainer.best_metric={t.best_metric}` is not a metric of these tasks; "
+                f"use main or one of {sorted(results['average'])}"
+            )
         epochs = self.epochs_seen()
         records = []
         for task, metrics in results.items():
@@ -247,7 +272,7 @@ class TrainLoop:
         log.info(
             "eval step %d: %s | average %s %.4f",
             self.step,
-            " ".join(f"{k}={v[t.best_metric]:.4f}" for k, v in results.items() if k != "average"),
+            " ".join(f"{k}={self.main_metric(k, v):.4f}" for k, v in results.items() if k != "average"),
             t.best_metric,
             score,
         )
@@ -279,19 +304,15 @@ class TrainLoop:
 
 def finish(loop: TrainLoop, tasks: dict) -> dict:
     """Evaluate the best checkpoint on validation and test; write the tables and results.json."""
-    from mtl_cli.evaluate import evaluate
     from mtl_cli.rundir import load_weights, print_table, rows_to_csv, rows_to_markdown, table_rows, write_json
 
-    run_dir, t = loop.run_dir, loop.cfg.trainer
+    run_dir = loop.run_dir
     load_weights(loop.model, run_dir / "checkpoints" / "best")
-    pad_id = loop.tokenizer.pad_token_id
-    results = {
-        split: evaluate(loop.model, loop.data[split], t.eval_batch_size, pad_id) for split in ("validation", "test")
-    }
+    results = {split: loop.evaluate(split) for split in ("validation", "test")}
     epochs = loop.epochs_seen()
     extra = {
         n: {
-            "train_examples": len(loop.data["train"][n]["label"]),
+            "train_examples": loop.batches[n].size,
             "examples_seen": loop.seen[n],
             "epochs": round(epochs[n], 2),
         }

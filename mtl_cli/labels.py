@@ -1,0 +1,60 @@
+"""Class labels: map raw label values to names, names to ids, and reject values outside the set.
+
+Shared by the types whose labels come from a fixed set (classification, multi-label, tags).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mtl_cli.config import TaskConfig
+from mtl_cli.errors import MtlError
+from mtl_cli.tasks import _fingerprint
+
+
+def encode_class_labels(name: str, cfg: TaskConfig, raw: Any) -> tuple[Any, list[str]]:
+    """Column `label` (raw values) -> ClassLabel ids, with the label names in id order."""
+    labels = _label_names(name, cfg, raw)
+    raw = _encode_labels(name, cfg, raw, labels)
+    if len(set(raw["train"]["label"])) < 2:
+        raise MtlError(
+            f"task '{name}': the training split holds a single label; check task.{name}.label_column and the file's labels"
+        )
+    return raw, labels
+
+
+def raw_to_name(cfg: TaskConfig, value: Any) -> str:
+    key = str(value).strip()
+    return cfg.label_map.get(key, key)
+
+
+def _label_names(name: str, cfg: TaskConfig, raw) -> list[str]:
+    if cfg.labels:
+        return [str(label) for label in cfg.labels]
+    if "train" not in raw:
+        raise MtlError(f"task '{name}' has no train split; set task.{name}.files.train")
+    return sorted({raw_to_name(cfg, v) for v in raw["train"].unique("label")})
+
+
+def _encode_labels(name: str, cfg: TaskConfig, raw, labels: list[str]):
+    import datasets
+
+    ids = {label: i for i, label in enumerate(labels)}
+    for split, ds in raw.items():
+        unknown = sorted({raw_to_name(cfg, v) for v in ds.unique("label")} - set(ids), key=str)
+        if unknown:
+            bad = unknown[0]
+            row = next(i for i, v in enumerate(ds["label"]) if raw_to_name(cfg, v) == bad)
+            raise MtlError(
+                f"task '{name}': label '{bad}' ({split} row {row + 1}) is not in the label set {labels}; "
+                f"fix the data or set task.{name}.labels / task.{name}.label_map"
+            )
+        features = ds.features.copy()
+        features["label"] = datasets.ClassLabel(names=labels)
+        raw[split] = ds.map(
+            lambda batch: {"label": [ids[raw_to_name(cfg, v)] for v in batch["label"]]},
+            batched=True,
+            features=features,
+            new_fingerprint=_fingerprint(ds, "labels", labels, sorted(cfg.label_map.items())),
+        )
+    return raw

@@ -1,0 +1,59 @@
+"""Single-text or sentence-pair classification: cross-entropy; accuracy and macro-F1."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import accuracy_score, f1_score
+
+from mtl_cli.config import TaskConfig
+from mtl_cli.labels import encode_class_labels
+from mtl_cli.model import SequenceHead
+from mtl_cli.tokenization import encode_texts, pad_inputs
+
+MAIN_METRIC = "accuracy"
+AUXILIARY = False
+
+
+def columns(cfg: TaskConfig) -> dict[str, str]:
+    roles = {"text": cfg.text_column, "label": cfg.label_column}
+    if cfg.text_pair_column:
+        roles["text_pair"] = cfg.text_pair_column
+    return roles
+
+
+def prepare(name: str, cfg: TaskConfig, raw: Any) -> tuple[Any, list[str]]:
+    return encode_class_labels(name, cfg, raw)
+
+
+def encode(batch: dict[str, list], tokenizer: Any, cfg: TaskConfig, labels: list[str] | None, marker_id=None) -> dict:
+    enc = encode_texts(tokenizer, batch["text"], batch.get("text_pair"), cfg, marker_id)
+    enc["labels"] = batch["label"]
+    return enc
+
+
+def collate(rows: list[dict], pad_id: int, rng: Any) -> dict[str, torch.Tensor]:
+    batch = pad_inputs(rows, pad_id)
+    batch["labels"] = torch.tensor([r["labels"] for r in rows], dtype=torch.long)
+    return batch
+
+
+def build_head(hidden_size: int, labels: list[str], encoder: Any, sharing: Any) -> torch.nn.Module:
+    return SequenceHead(hidden_size, len(labels), sharing.pooling, sharing.head_dropout)
+
+
+def loss(output: torch.Tensor, batch: dict) -> torch.Tensor:
+    return F.cross_entropy(output, batch["labels"])
+
+
+def predict(output: torch.Tensor, batch: dict) -> tuple[list, list]:
+    return output.argmax(-1).tolist(), batch["labels"].tolist()
+
+
+def metrics(preds: list, golds: list, labels: list[str], loss: float) -> dict[str, float]:
+    return {
+        "accuracy": float(accuracy_score(golds, preds)),
+        "macro_f1": float(f1_score(golds, preds, average="macro", labels=list(range(len(labels))), zero_division=0)),
+    }
