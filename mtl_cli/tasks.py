@@ -151,6 +151,8 @@ def _load_hub(name: str, cfg: TaskConfig):
     local_hint = {
         "yelp": "task=sentences/yelp data_root=../shared/data",
         "imdb": "task=sentences/imdb data_root=../shared/data",
+        "emotion": "task=emotion data_root=../shared/data",
+        "wnut17": "task=wnut17 data_root=../shared/data",
     }.get(name, f"task.{name}.source=local task.{name}.files.train=<file>")
     if not hub_offline_mode() and not hub_reachable():
         raise MtlError(
