@@ -2,6 +2,7 @@
 
     mtl train [-m] [hydra overrides]     e.g. mtl train task=sentences/yelp+sentences/imdb
     mtl eval RUN_DIR [split=test] [checkpoint=best] [tasks=a+b] [data_root=...]
+    mtl data check [overrides]           counts, labels, empty/over-long texts, duplicates, leakage
     mtl tasks                            the built-in task configs
 
 Heavy libraries (torch, transformers, datasets) are imported only by the command that needs them.
@@ -23,6 +24,10 @@ commands:
                               (mtl train --help lists the config groups; -m runs a sweep)
   eval RUN_DIR [key=value]    evaluate a run's checkpoint: split=test|validation checkpoint=best|last
                               tasks=a+b data_root=DIR batch_size=N; RUN_DIR may be `latest`
+  data check [overrides...]   check the tasks' data: counts, label distribution, empty and over-long
+                              texts, duplicates, train/test overlap within and across tasks;
+                              e.g. mtl data check task=emotion+sentences/yelp data_root=../shared/data
+                              (--config-dir DIR for your own tasks, --out FILE for the JSON report)
   tasks                       list the built-in tasks
 
 The run directory (runs/<date>/<time>_<tasks>/) holds config.yaml, checkpoints/, metrics.jsonl,
@@ -99,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"mtl {__version__}")
         return
     command, rest = argv[0], argv[1:]
-    commands = {"train": train_command, "eval": eval_command, "tasks": tasks_command}
+    commands = {"train": train_command, "eval": eval_command, "data": data_command, "tasks": tasks_command}
     if command not in commands:
         fail(f"unknown command '{command}'; use one of: {', '.join(commands)} (mtl --help)")
     commands[command](rest)
@@ -193,6 +198,37 @@ def eval_command(args: list[str]) -> None:
             batch_size=int(opts["batch_size"]) if opts.get("batch_size", "").isdigit() else None,
             runs_root=opts.get("runs_root") or os.environ.get("MTL_RUNS_ROOT", "runs"),
         )
+    except MtlError as err:
+        fail(str(err))
+
+
+def data_command(args: list[str]) -> None:
+    if not args or args[0] != "check" or any(a in ("-h", "--help") for a in args):
+        print(
+            "usage: mtl data check [task=a+b] [data_root=DIR] [other overrides] [--config-dir DIR] [--out FILE]\n"
+            "Writes the report as JSON to --out (default: data_check.json in the current directory)."
+        )
+        if args and args[0] != "check" and args[0] not in ("-h", "--help"):
+            fail(f"unknown data command '{args[0]}'; use: mtl data check ...")
+        return
+    flags, overrides = {}, []
+    it = iter(rewrite_overrides(args[1:]))
+    for arg in it:
+        if arg in ("--config-dir", "-cd", "--out"):
+            flags[arg] = next(it, "")
+        elif arg.startswith("-"):
+            fail(f"unknown option '{arg}'; mtl data check takes overrides, --config-dir DIR and --out FILE")
+        else:
+            overrides.append(arg)
+    from mtl_cli.compose import check_task_names, compose_config
+    from mtl_cli.config import to_typed
+    from mtl_cli.datacheck import run_data_check
+    from mtl_cli.errors import MtlError
+
+    try:
+        composed = compose_config(overrides, flags.get("--config-dir") or flags.get("-cd"))
+        check_task_names(overrides, composed)
+        run_data_check(to_typed(composed), Path(flags.get("--out") or "data_check.json"), full=True)
     except MtlError as err:
         fail(str(err))
 

@@ -42,6 +42,8 @@ class TaskConfig:
     files: dict[str, str] = field(default_factory=dict)
     data_dir: str | None = None
     format: str = "csv"
+    # Text encoding of local files (FDU-MTL's MR domain is cp1252).
+    encoding: str = "utf-8"
     delimiter: str | None = None
     header: bool = True
     # False reads `"` as an ordinary character (FDU-MTL and UCI texts contain raw quotes).

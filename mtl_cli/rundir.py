@@ -151,11 +151,23 @@ def rows_to_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-_SHORT = {"validation": "val", "accuracy": "acc", "macro_f1": "F1", "train_examples": "train", "examples_seen": "seen"}
+_SHORT = {
+    "validation": "val",
+    "accuracy": "acc",
+    "macro_f1": "F1",
+    "micro_f1": "microF1",
+    "perplexity": "ppl",
+    "mlm_loss": "mlm loss",
+    "train_examples": "train",
+    "examples_seen": "seen",
+}
 
 
 def _short(col: str) -> str:
-    return " ".join(_SHORT.get(part, part) for part in re.split(r"_(?=accuracy|macro_f1)", col))
+    return " ".join(
+        _SHORT.get(part, part)
+        for part in re.split(r"_(?=accuracy|macro_f1|micro_f1|perplexity|mlm_loss)", col, maxsplit=1)
+    )
 
 
 def print_table(rows: list[dict], title: str) -> None:

@@ -90,7 +90,7 @@ def _load_local(name: str, cfg: TaskConfig, data_root: str | None):
         from mtl_cli.conll import load_conll
 
         return load_conll(name, files)
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {} if cfg.format == "parquet" else {"encoding": cfg.encoding}
     if cfg.format in ("csv", "tsv"):
         kwargs = {
             "delimiter": cfg.delimiter or ("\t" if cfg.format == "tsv" else ","),
@@ -98,6 +98,7 @@ def _load_local(name: str, cfg: TaskConfig, data_root: str | None):
             "quoting": csv.QUOTE_MINIMAL if cfg.quoting else csv.QUOTE_NONE,
             # Texts such as "NA" or "null" are reviews, not missing values.
             "na_filter": False,
+            **kwargs,
         }
         if cfg.column_names:
             kwargs["column_names"] = list(cfg.column_names)
@@ -107,7 +108,8 @@ def _load_local(name: str, cfg: TaskConfig, data_root: str | None):
         root = _root_cause(err)
         if isinstance(root, UnicodeDecodeError) or "invalid utf8" in str(root).lower():
             raise MtlError(
-                f"task '{name}': a file is not valid UTF-8 ({', '.join(files.values())}); re-encode it, e.g. iconv -t UTF-8"
+                f"task '{name}': a file is not valid {cfg.encoding.upper()} ({', '.join(files.values())}); re-encode it "
+                f"(iconv -t UTF-8) or set task.{name}.encoding (e.g. cp1252)"
             ) from None
         first = str(root).strip().splitlines()[0] if str(root).strip() else type(root).__name__
         raise MtlError(

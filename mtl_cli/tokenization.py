@@ -90,8 +90,9 @@ def tokenize_task(task: Task, tokenizer: Any, tokenizer_fp: str) -> dict[str, An
     from mtl_cli import task_types
 
     ttype = task_types.get(task.cfg.type)
+    c = task.cfg
     marker_id = tokenizer.convert_tokens_to_ids(marker_token(task.name)) if task.cfg.task_marker == "prefix" else None
-    settings = (task.cfg.type, task.cfg.max_length, task.cfg.truncation, task.cfg.head_tokens, marker_id, task.labels)
+    settings = (c.type, c.max_length, c.truncation, c.head_tokens, c.mlm_probability, marker_id, task.labels)
 
     def encode(batch: dict[str, list]) -> dict[str, list]:
         return ttype.encode(batch, tokenizer, task.cfg, task.labels, marker_id)
