@@ -44,6 +44,8 @@ class TaskConfig:
     format: str = "csv"
     # Text encoding of local files (FDU-MTL's MR domain is cp1252).
     encoding: str = "utf-8"
+    # `replace` reads undecodable bytes as U+FFFD instead of stopping (csv, tsv, text formats).
+    encoding_errors: str = "strict"
     delimiter: str | None = None
     header: bool = True
     # False reads `"` as an ordinary character (FDU-MTL and UCI texts contain raw quotes).
@@ -220,6 +222,8 @@ def validate(cfg: MtlConfig) -> None:
                 raise MtlError(f"`{at}.{key}` must be positive (a fraction below 1 or a count); got {value}")
         if task.max_length < 8:
             raise MtlError(f"`{at}.max_length` must be at least 8; got {task.max_length}")
+        if task.encoding_errors not in ("strict", "replace", "ignore"):
+            raise MtlError(f"`{at}.encoding_errors` must be strict, replace or ignore; got {task.encoding_errors!r}")
         if task.truncation not in TRUNCATIONS:
             raise MtlError(f"`{at}.truncation` must be one of {list(TRUNCATIONS)}; got {task.truncation!r}")
         if task.head_tokens is not None and not 0 < task.head_tokens < task.max_length - 2:

@@ -90,7 +90,11 @@ def _load_local(name: str, cfg: TaskConfig, data_root: str | None):
         from mtl_cli.conll import load_conll
 
         return load_conll(name, files)
-    kwargs: dict[str, Any] = {} if cfg.format == "parquet" else {"encoding": cfg.encoding}
+    kwargs: dict[str, Any] = {}
+    if cfg.format in ("csv", "tsv", "text"):
+        kwargs = {"encoding": cfg.encoding, "encoding_errors": cfg.encoding_errors}
+    elif cfg.format in ("json", "jsonl"):
+        kwargs = {"encoding": cfg.encoding}
     if cfg.format in ("csv", "tsv"):
         kwargs = {
             "delimiter": cfg.delimiter or ("\t" if cfg.format == "tsv" else ","),
@@ -103,13 +107,20 @@ def _load_local(name: str, cfg: TaskConfig, data_root: str | None):
         if cfg.column_names:
             kwargs["column_names"] = list(cfg.column_names)
     try:
-        return datasets.load_dataset(_BUILDERS[cfg.format], data_files=files, **kwargs)
+        # One call per split: column types are inferred per file, so a validation file with 3.5
+        # next to an all-integer train file is not forced into integers.
+        return datasets.DatasetDict(
+            {
+                split: datasets.load_dataset(_BUILDERS[cfg.format], data_files={split: path}, **kwargs)[split]
+                for split, path in files.items()
+            }
+        )
     except Exception as err:  # pandas/pyarrow parse errors come in many types, wrapped by datasets
         root = _root_cause(err)
         if isinstance(root, UnicodeDecodeError) or "invalid utf8" in str(root).lower():
             raise MtlError(
                 f"task '{name}': a file is not valid {cfg.encoding.upper()} ({', '.join(files.values())}); re-encode it "
-                f"(iconv -t UTF-8) or set task.{name}.encoding (e.g. cp1252)"
+                f"(iconv -t UTF-8), set task.{name}.encoding (e.g. cp1252) or task.{name}.encoding_errors=replace"
             ) from None
         first = str(root).strip().splitlines()[0] if str(root).strip() else type(root).__name__
         raise MtlError(

@@ -106,9 +106,11 @@ def train(cfg: DictConfig | MtlConfig, run_dir: Path | None = None, overrides: l
 
     from mtl_cli import task_types
     from mtl_cli.batches import TaskBatches
+    from mtl_cli.datacheck import check_tasks, report_warnings
     from mtl_cli.encoders import load_encoder
     from mtl_cli.mixing import build_sampler
     from mtl_cli.model import build_model
+    from mtl_cli.rundir import write_json
     from mtl_cli.tokenization import add_task_markers
 
     typed = absolute_paths(to_typed(cfg) if isinstance(cfg, DictConfig) else cfg)
@@ -117,6 +119,7 @@ def train(cfg: DictConfig | MtlConfig, run_dir: Path | None = None, overrides: l
     t = typed.trainer
 
     tasks = load_tasks(typed)  # data mistakes surface before the encoder is loaded
+    data_report = check_tasks(tasks, full=False)  # duplicates and leakage: cheap, hashes only
     torch.manual_seed(typed.seed)  # a random-init encoder draws its weights here
     encoder, tokenizer = load_encoder(typed.encoder)
     add_task_markers(tokenizer, encoder, [n for n, tc in typed.task.items() if tc.task_marker == "prefix"])
@@ -133,6 +136,9 @@ def train(cfg: DictConfig | MtlConfig, run_dir: Path | None = None, overrides: l
     log.info("device: %s, torch threads: %d", device, torch.get_num_threads())
     for name, task in tasks.items():
         log.info("task %s (%s): %s labels %s", name, task.cfg.type, task.sizes(), task.labels)
+    write_json(run_dir / "data_check.json", data_report)
+    for warning in report_warnings(data_report):
+        log.warning("data check: %s (details: mtl data check, or data_check.json)", warning)
 
     labels = {n: tk.labels for n, tk in tasks.items()}
     torch.manual_seed(typed.seed)

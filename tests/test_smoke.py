@@ -17,7 +17,10 @@ from mtl_cli.rundir import claim_run_dir
 from tests.conftest import run_dirs, run_mtl
 
 CHECKPOINT = {"model.safetensors", "encoder/config.json", "labels.json", "trainer_state.json"}
-RUN_FILES = {"config.yaml", "overrides.yaml", "train.log", "metrics.jsonl", "metrics.md", "metrics.csv", "results.json"}
+RUN_FILES = {
+    "config.yaml", "overrides.yaml", "train.log", "data_check.json",
+    "metrics.jsonl", "metrics.md", "metrics.csv", "results.json",
+}  # fmt: skip
 TASKS = ["restaurants", "electronics"]
 
 

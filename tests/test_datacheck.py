@@ -1,0 +1,240 @@
+"""Data checks: planted duplicates, leaks, empty, over-long and rare-class examples are found and counted exactly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mtl_cli.compose import compose_typed
+from mtl_cli.config import EncoderConfig, MtlConfig, TaskConfig
+from mtl_cli.datacheck import check_tasks, print_report, report_markdown, report_warnings, run_data_check
+from mtl_cli.tasks import load_task
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+LONG_TEXT = " ".join(f"word{i}" for i in range(40))  # far over 16 tokens
+ALPHA_TRAIN_PLANTED = [
+    ("The pasta was great", "pos"),  # exact duplicate, with conflicting labels
+    ("The pasta was great", "neg"),
+    ("Service was slow", "neg"),  # case/whitespace variant duplicate
+    ("  service   WAS Slow ", "neg"),
+    ("   ", "neg"),  # whitespace-only text
+    ("a strange one-off remark", "rare"),  # 1 of 118 train examples: under 1%
+    ("The soup arrived cold", "pos"),  # also in alpha/test (as a variant)
+    ("Delivery took forever", "neg"),  # also in beta/test
+]
+
+
+def write_tsv(path: Path, rows: list[tuple[str, str]]) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{text}\t{label}\n" for text, label in rows), encoding="utf-8")
+    return path.name
+
+
+def clean(prefix: str, n: int) -> list[tuple[str, str]]:
+    return [(f"{prefix} {i}", "neg" if i % 2 else "pos") for i in range(n)]
+
+
+def task_cfg(files: dict[str, str], labels: list[str]) -> TaskConfig:
+    return TaskConfig(
+        files=files,
+        format="tsv",
+        header=False,
+        quoting=False,
+        column_names=["text", "label"],
+        labels=labels,
+        max_length=16,
+    )
+
+
+def make_tasks(root: Path, planted: bool = True) -> dict:
+    alpha_train = clean("alpha clean review", 110) + (ALPHA_TRAIN_PLANTED if planted else [])
+    alpha_test = clean("alpha test review", 10) + ([("the soup  arrived COLD", "pos")] if planted else [])
+    beta_val = clean("beta validation text", 6) + ([(LONG_TEXT, "pos")] if planted else [])
+    beta_test = clean("beta test text", 6) + ([("Delivery took forever", "neg")] if planted else [])
+    files = {
+        "alpha": {
+            "train": write_tsv(root / "alpha_train.tsv", alpha_train),
+            "validation": write_tsv(root / "alpha_val.tsv", clean("alpha validation review", 10)),
+            "test": write_tsv(root / "alpha_test.tsv", alpha_test),
+        },
+        "beta": {
+            "train": write_tsv(root / "beta_train.tsv", clean("beta clean text", 20)),
+            "validation": write_tsv(root / "beta_val.tsv", beta_val),
+            "test": write_tsv(root / "beta_test.tsv", beta_test),
+        },
+    }
+    labels = {"alpha": ["neg", "pos", "rare"] if planted else ["neg", "pos"], "beta": ["neg", "pos"]}
+    return {name: task_cfg(files[name], labels[name]) for name in files}
+
+
+def load(cfgs: dict, root: Path) -> dict:
+    return {name: load_task(name, cfg, str(root)) for name, cfg in cfgs.items()}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    from mtl_cli.encoders import resolve_source
+
+    return AutoTokenizer.from_pretrained(resolve_source(compose_typed(["encoder=tiny"]).encoder))
+
+
+@pytest.fixture
+def planted(tmp_path):
+    return load(make_tasks(tmp_path), tmp_path)
+
+
+def test_planted_problems_are_counted_exactly(planted, tokenizer):
+    report = check_tasks(planted, tokenizer, full=True)
+    alpha, beta = report["tasks"]["alpha"]["splits"], report["tasks"]["beta"]["splits"]
+
+    assert {s: v["examples"] for s, v in alpha.items()} == {"train": 118, "validation": 10, "test": 11}
+    assert alpha["train"]["label_distribution"] == {"kind": "classes", "counts": {"neg": 60, "pos": 57, "rare": 1}}
+    assert alpha["train"]["empty"] == 1
+    assert sum(v["empty"] for s in (alpha, beta) for v in s.values()) == 1
+
+    dup = alpha["train"]["duplicates"]
+    assert (dup["count"], dup["distinct"], dup["conflicting_labels"]) == (4, 2, 1)
+    assert {e["text"] for e in dup["examples"]} == {"The pasta was great", "Service was slow"}
+    assert all(e["occurrences"] == 2 for e in dup["examples"])
+    assert sum(v["duplicates"]["count"] for s in (alpha, beta) for v in s.values()) == 4
+
+    assert beta["validation"]["over_length"] == 1
+    assert beta["validation"]["max_tokens"] > 16
+    assert sum(v["over_length"] for s in (alpha, beta) for v in s.values()) == 1
+
+    leakage = report["tasks"]["alpha"]["leakage"]
+    assert leakage["test"] == {"count": 1, "examples": ["the soup  arrived COLD"]}
+    assert leakage["validation"]["count"] == 0
+    assert all(v["count"] == 0 for v in report["tasks"]["beta"]["leakage"].values())
+    assert report["cross_task"] == [
+        {"train_task": "alpha", "task": "beta", "split": "test", "count": 1, "examples": ["Delivery took forever"]}
+    ]
+
+    warnings = report_warnings(report)
+    expected = [
+        "alpha/train: 1 of 118 examples have empty texts",
+        "alpha/train: 4 examples are duplicates (2 distinct texts, 1 with conflicting labels)",
+        "alpha/test: 1 example also in alpha/train",
+        "alpha/train: class 'rare' is in only 1 of 118 examples",
+        "beta/validation: 1 of 7 examples (14.3%) are longer than max_length=16 tokens",
+        "beta/test: 1 example also in alpha/train",
+    ]
+    assert len(warnings) == len(expected), warnings
+    for start in expected:
+        assert sum(w.startswith(start) for w in warnings) == 1, (start, warnings)
+
+
+def test_clean_data_has_no_warnings(tmp_path, tokenizer, capsys):
+    report = check_tasks(load(make_tasks(tmp_path, planted=False), tmp_path), tokenizer, full=True)
+    assert report_warnings(report) == []
+    assert report["cross_task"] == []
+    print_report(report)
+    assert "No data problems found" in capsys.readouterr().out
+
+
+def test_quick_check_needs_no_tokenizer(planted, tokenizer):
+    quick = check_tasks(planted, full=False)
+    # A tokenizer passed to the quick check is not used.
+    assert check_tasks(planted, tokenizer, full=False)["tokenizer"] is None
+    assert quick["full"] is False and quick["tokenizer"] is None
+    splits = quick["tasks"]["alpha"]["splits"]
+    assert all(v["over_length"] is None for t in quick["tasks"].values() for v in t["splits"].values())
+    assert splits["train"]["duplicates"]["count"] == 4
+    assert splits["train"]["empty"] == 1
+    assert quick["tasks"]["alpha"]["leakage"]["test"]["count"] == 1
+    assert [(c["train_task"], c["task"], c["split"], c["count"]) for c in quick["cross_task"]] == [
+        ("alpha", "beta", "test", 1)
+    ]
+    warnings = report_warnings(quick)
+    assert len(warnings) == 5 and not any("longer than" in w for w in warnings)
+    # The same findings as the full check, apart from the token counts.
+    full = check_tasks(planted, tokenizer, full=True)
+    for name in planted:
+        for split, v in quick["tasks"][name]["splits"].items():
+            w = full["tasks"][name]["splits"][split]
+            assert {k: v[k] for k in ("examples", "label_distribution", "empty", "duplicates")} == {
+                k: w[k] for k in ("examples", "label_distribution", "empty", "duplicates")
+            }
+
+
+def test_report_is_json_and_printable(planted, tokenizer, capsys):
+    report = check_tasks(planted, tokenizer, full=True)
+    assert json.loads(json.dumps(report)) == report
+    print_report(report)
+    out = capsys.readouterr().out
+    assert "Data check" in out and "Leakage" in out and "alpha/train" in out
+    assert out.count("warning:") == 6
+    md = report_markdown(report)
+    assert "| task | split |" in md and "## Leakage" in md and "beta/test: 1 example also in alpha/train" in md
+
+
+def test_texts_with_markup_characters_print(tmp_path, capsys):
+    root = tmp_path
+    cfg = task_cfg(
+        {
+            "train": write_tsv(root / "t.tsv", clean("text", 20) + [("[/bold] [red]x", "pos")] * 2),
+            "test": write_tsv(root / "s.tsv", clean("test", 4) + [("[/bold] [red]x", "pos")]),
+        },
+        ["neg", "pos"],
+    )
+    report = check_tasks(load({"m": cfg}, root), full=False)
+    print_report(report)
+    assert "[/bold] [red]x" in capsys.readouterr().out
+
+
+def test_run_data_check_writes_json(tmp_path, capsys):
+    cfgs = make_tasks(tmp_path)
+    cfg = MtlConfig(task=cfgs, encoder=compose_typed(["encoder=tiny"]).encoder, data_root=str(tmp_path))
+    out = tmp_path / "reports" / "data_check.json"
+    report = run_data_check(cfg, out, full=True)
+    assert json.loads(out.read_text(encoding="utf-8")) == report
+    assert report["tokenizer"] and report["tasks"]["beta"]["splits"]["validation"]["over_length"] == 1
+    assert "warning:" in capsys.readouterr().out
+    quick = run_data_check(cfg, None, full=False)
+    assert quick["tokenizer"] is None and quick["tasks"]["alpha"]["leakage"]["test"]["count"] == 1
+
+
+def test_run_data_check_without_tokenizer_notes_it(tmp_path, capsys):
+    empty_model = tmp_path / "empty-model"  # a local folder with no tokenizer files: fails fast, no network
+    empty_model.mkdir()
+    cfg = MtlConfig(
+        task=make_tasks(tmp_path), encoder=EncoderConfig(name_or_path=str(empty_model)), data_root=str(tmp_path)
+    )
+    report = run_data_check(cfg, tmp_path / "data_check.json", full=True)
+    assert report["tokenizer"] is None and report["full"] is True
+    assert report["notes"] and report["notes"][0].startswith("over-long examples not counted")
+    assert report["tasks"]["alpha"]["splits"]["train"]["duplicates"]["count"] == 4
+    assert "note: over-long examples not counted" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(
+    not (SHARED_DATA / "sentiment-sentences").is_dir(), reason=f"shared data not found at {SHARED_DATA}"
+)
+def test_uci_sentences(tokenizer):
+    from mtl_cli.train import load_tasks
+
+    cfg = compose_typed(["task=[sentences/yelp,sentences/imdb,sentences/amazon]", f"data_root={SHARED_DATA}"])
+    report = check_tasks(load_tasks(cfg), tokenizer, full=True)
+    assert json.loads(json.dumps(report)) == report
+    assert set(report["tasks"]) == {"yelp", "imdb", "amazon"}
+    for entry in report["tasks"].values():
+        assert {s: v["examples"] for s, v in entry["splits"].items()} == {"train": 700, "validation": 100, "test": 200}
+        assert sum(v["label_distribution"]["counts"]["positive"] for v in entry["splits"].values()) == 500
+        assert all(v["empty"] == 0 and v["over_length"] == 0 for v in entry["splits"].values())
+    # The UCI sentences repeat a few short phrases ("I love this place.", "Great phone!"), within and
+    # across domains; the carved splits therefore leak a few examples.
+    dups = {n: e["splits"]["train"]["duplicates"]["count"] for n, e in report["tasks"].items()}
+    assert dups == {"yelp": 4, "imdb": 2, "amazon": 8}
+    leaks = {n: e["leakage"]["test"]["count"] for n, e in report["tasks"].items()}
+    assert leaks == {"yelp": 1, "imdb": 1, "amazon": 7}
+    assert [(c["train_task"], c["task"], c["split"], c["count"]) for c in report["cross_task"]] == [
+        ("imdb", "amazon", "test", 1)
+    ]
+    warnings = report_warnings(report)
+    assert any(w.startswith("yelp/train: 4 examples are duplicates") for w in warnings)
+    assert not any("longer than" in w or "empty" in w or "class '" in w for w in warnings)
