@@ -37,6 +37,8 @@ class TaskConfig:
     source: str = "local"
     hub_name: str | None = None
     hub_config: str | None = None
+    # A branch, tag or commit of the Hub dataset (e.g. refs/convert/parquet for script-only sets).
+    hub_revision: str | None = None
     # Split name -> file. Relative paths are read from `data_dir`, else `data_root`, else the
     # current directory.
     files: dict[str, str] = field(default_factory=dict)

@@ -89,7 +89,7 @@ def _load_local(name: str, cfg: TaskConfig, data_root: str | None):
     if cfg.format == "conll":
         from mtl_cli.conll import load_conll
 
-        return load_conll(name, files)
+        return load_conll(name, files, encoding=cfg.encoding)
     kwargs: dict[str, Any] = {}
     if cfg.format in ("csv", "tsv", "text"):
         kwargs = {"encoding": cfg.encoding, "encoding_errors": cfg.encoding_errors}
@@ -173,7 +173,7 @@ def _load_hub(name: str, cfg: TaskConfig):
             f"use local files instead ({local_hint}) or set HF_DATASETS_OFFLINE=1 to use a cached copy"
         )
     try:
-        loaded = datasets.load_dataset(cfg.hub_name, cfg.hub_config)
+        loaded = datasets.load_dataset(cfg.hub_name, cfg.hub_config, revision=cfg.hub_revision)
         # Hub sets may carry extra splits (imdb's "unsupervised", labelled -1): keep ours only.
         return datasets.DatasetDict({split: loaded[split] for split in SPLITS if split in loaded})
     except Exception as err:
