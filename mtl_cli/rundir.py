@@ -119,7 +119,8 @@ def table_rows(results: dict[str, dict[str, dict[str, float]]], extra: dict[str,
     """
     first = next(iter(results.values()))
     tasks = [t for t in first if t != "average"] + ["average"]
-    metrics = list(dict.fromkeys(m for r in first.values() for m in r if m not in ("loss", "main")))
+    # `main` (the average of each task's main metric, what picks checkpoints/best) exists on the average row only.
+    metrics = list(dict.fromkeys(m for r in first.values() for m in r if m != "loss"))
     rows = []
     for task in tasks:
         row: dict[str, Any] = {"task": task, **extra.get(task, {})}
@@ -171,19 +172,42 @@ def _short(col: str) -> str:
 
 
 def print_table(rows: list[dict], title: str) -> None:
+    """Rich table: one row per task when tasks share a few metrics, else one row per (task, metric)."""
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=title)
     cols = [c for c in rows[0] if c != "best_step"]
-    for col in cols:
-        table.add_column(_short(col), justify="left" if col == "task" else "right")
-    for row in rows:
-        table.add_row(*[_fmt(row.get(c)) for c in cols], style="bold" if row["task"] == "average" else None)
+    splits = list(dict.fromkeys(c.split("_", 1)[0] for c in cols if "_" in c and c.split("_", 1)[0] in SPLIT_NAMES))
+    metric_cols = [c for c in cols if c.split("_", 1)[0] in splits]
+    if len([c for c in metric_cols if not c.endswith("_main")]) <= 6:
+        cols = [c for c in cols if not c.endswith("_main")]  # equals accuracy when all tasks classify
+        for col in cols:
+            table.add_column(_short(col), justify="left" if col == "task" else "right")
+        for row in rows:
+            table.add_row(*[_fmt(row.get(c)) for c in cols], style="bold" if row["task"] == "average" else None)
+    else:  # mixed task types: a long table stays readable where a wide one would not
+        info = [c for c in cols if c not in metric_cols]
+        metrics = list(dict.fromkeys(c.split("_", 1)[1] for c in metric_cols))
+        for col in [*info, "metric", *splits]:
+            table.add_column(_short(col), justify="left" if col in ("task", "metric") else "right")
+        for row in rows:
+            first = True
+            for m in metrics:
+                values = [row.get(f"{s}_{m}") for s in splits]
+                if all(v is None for v in values):
+                    continue
+                lead = [_fmt(row.get(c)) if first else "" for c in info]
+                table.add_row(*lead, m, *map(_fmt, values), style="bold" if row["task"] == "average" else None)
+                first = False
+            table.add_section()
     console = Console()
     if not console.is_terminal:
         console.width = max(console.width, 120)
     console.print(table)
+
+
+SPLIT_NAMES = ("validation", "test")
 
 
 def unique_path(path: Path) -> Path:

@@ -238,3 +238,38 @@ def test_uci_sentences(tokenizer):
     warnings = report_warnings(report)
     assert any(w.startswith("yelp/train: 4 examples are duplicates") for w in warnings)
     assert not any("longer than" in w or "empty" in w or "class '" in w for w in warnings)
+
+
+def test_data_check_command_through_the_cli(tmp_path):
+    """`mtl data check` as a user runs it: tasks from a --config-dir, report printed and written."""
+    from tests.conftest import run_mtl
+
+    data, conf = tmp_path / "data", tmp_path / "conf" / "task"
+    conf.mkdir(parents=True)
+    for name, cfg in make_tasks(data).items():
+        files = ", ".join(f"{split}: {file}" for split, file in cfg.files.items())
+        conf.joinpath(f"{name}.yaml").write_text(
+            f"# @package task.{name}\nfiles: {{{files}}}\ndata_dir: {data}\nformat: tsv\nheader: false\n"
+            f"quoting: false\ncolumn_names: [text, label]\nlabels: {cfg.labels}\nmax_length: 16\n"
+        )
+    out = tmp_path / "report.json"
+    args = [
+        "data",
+        "check",
+        "--config-dir",
+        str(tmp_path / "conf"),
+        "task=alpha+beta",
+        "encoder=tiny",
+        "--out",
+        str(out),
+    ]
+    proc = run_mtl(*args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    assert report["tasks"]["alpha"]["splits"]["train"]["duplicates"]["count"] == 4
+    assert report["tasks"]["beta"]["splits"]["validation"]["over_length"] == 1
+    assert any(e["train_task"] == "alpha" and e["task"] == "beta" for e in report["cross_task"])
+    assert "alpha" in proc.stdout and "leak" in proc.stdout.lower()
+
+    bad = run_mtl("data", "check", "task=nosuchtask", cwd=tmp_path)
+    assert bad.returncode == 2 and "unknown task 'nosuchtask'" in bad.stderr
