@@ -9,7 +9,7 @@ from typing import Any
 
 from mtl_cli.config import TaskConfig
 from mtl_cli.errors import MtlError
-from mtl_cli.tasks import _fingerprint
+from mtl_cli.tasks import fingerprint
 
 
 def encode_class_labels(name: str, cfg: TaskConfig, raw: Any) -> tuple[Any, list[str]]:
@@ -55,6 +55,6 @@ def _encode_labels(name: str, cfg: TaskConfig, raw, labels: list[str]):
             lambda batch: {"label": [ids[raw_to_name(cfg, v)] for v in batch["label"]]},
             batched=True,
             features=features,
-            new_fingerprint=_fingerprint(ds, "labels", labels, sorted(cfg.label_map.items())),
+            new_fingerprint=fingerprint(ds, "labels", labels, sorted(cfg.label_map.items())),
         )
     return raw

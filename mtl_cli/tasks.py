@@ -214,7 +214,7 @@ def _clean_texts(name: str, raw):
             raw[split] = ds.map(
                 lambda batch: {r: ["" if t is None else t for t in batch[r]] for r in roles},
                 batched=True,
-                new_fingerprint=_fingerprint(ds, "clean", roles),
+                new_fingerprint=fingerprint(ds, "clean", roles),
             )
         except UnicodeDecodeError:
             raise MtlError(
@@ -259,7 +259,7 @@ def _complete_splits(name: str, cfg: TaskConfig, raw):
     return datasets.DatasetDict({split: out[split] for split in SPLITS})
 
 
-def _fingerprint(ds, *parts: Any) -> str:
+def fingerprint(ds, *parts: Any) -> str:
     from datasets.fingerprint import Hasher
 
     return Hasher.hash((ds._fingerprint, *[repr(p) for p in parts]))

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from mtl_cli.config import TaskConfig
-from mtl_cli.tasks import Task, _fingerprint
+from mtl_cli.tasks import Task, fingerprint
 
 
 def marker_token(task: str) -> str:
@@ -104,7 +104,7 @@ def tokenize_task(task: Task, tokenizer: Any, tokenizer_fp: str) -> dict[str, An
             batched=True,
             batch_size=1000,
             remove_columns=ds.column_names,
-            new_fingerprint=_fingerprint(ds, "tokenize", tokenizer_fp, settings),
+            new_fingerprint=fingerprint(ds, "tokenize", tokenizer_fp, settings),
             desc=f"tokenizing {task.name}/{split}",
         )
     return out

@@ -11,7 +11,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from mtl_cli.config import TaskConfig
 from mtl_cli.labels import encode_class_labels
 from mtl_cli.model import SequenceHead
-from mtl_cli.tokenization import encode_texts, pad_inputs
+from mtl_cli.task_types import sequence
 
 MAIN_METRIC = "accuracy"
 AUXILIARY = False
@@ -28,16 +28,8 @@ def prepare(name: str, cfg: TaskConfig, raw: Any) -> tuple[Any, list[str]]:
     return encode_class_labels(name, cfg, raw)
 
 
-def encode(batch: dict[str, list], tokenizer: Any, cfg: TaskConfig, labels: list[str] | None, marker_id=None) -> dict:
-    enc = encode_texts(tokenizer, batch["text"], batch.get("text_pair"), cfg, marker_id)
-    enc["labels"] = batch["label"]
-    return enc
-
-
-def collate(rows: list[dict], pad_id: int, rng: Any) -> dict[str, torch.Tensor]:
-    batch = pad_inputs(rows, pad_id)
-    batch["labels"] = torch.tensor([r["labels"] for r in rows], dtype=torch.long)
-    return batch
+encode = sequence.encode
+collate = sequence.collate_with(torch.long)
 
 
 def build_head(hidden_size: int, labels: list[str], encoder: Any, sharing: Any) -> torch.nn.Module:

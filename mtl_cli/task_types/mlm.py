@@ -41,7 +41,7 @@ def prepare(name: str, cfg: TaskConfig, raw: Any) -> tuple[Any, None]:
     """Drop empty (or whitespace-only) texts; MLM has no labels."""
     import datasets
 
-    from mtl_cli.tasks import _fingerprint
+    from mtl_cli.tasks import fingerprint
 
     # The tokenized cache key (tokenization.tokenize_task) does not include mlm_probability, which
     # `encode` writes into every row; it enters the key here, through this step's fingerprint.
@@ -49,7 +49,7 @@ def prepare(name: str, cfg: TaskConfig, raw: Any) -> tuple[Any, None]:
         split: ds.filter(
             lambda batch: [bool(t.strip()) for t in batch["text"]],
             batched=True,
-            new_fingerprint=_fingerprint(ds, "mlm-nonempty", cfg.mlm_probability),
+            new_fingerprint=fingerprint(ds, "mlm-nonempty", cfg.mlm_probability),
         )
         for split, ds in raw.items()
     }

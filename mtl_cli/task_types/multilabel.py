@@ -19,8 +19,8 @@ from mtl_cli.config import TaskConfig
 from mtl_cli.errors import MtlError
 from mtl_cli.labels import raw_to_name
 from mtl_cli.model import SequenceHead
-from mtl_cli.tasks import _fingerprint
-from mtl_cli.tokenization import encode_texts, pad_inputs
+from mtl_cli.task_types import sequence
+from mtl_cli.tasks import fingerprint
 
 MAIN_METRIC = "micro_f1"
 AUXILIARY = False
@@ -88,21 +88,13 @@ def prepare(name: str, cfg: TaskConfig, raw: Any) -> tuple[Any, list[str]]:
             multi_hot,
             batched=True,
             features=features,
-            new_fingerprint=_fingerprint(ds, "multilabel", labels, cfg.label_separator, sorted(cfg.label_map.items())),
+            new_fingerprint=fingerprint(ds, "multilabel", labels, cfg.label_separator, sorted(cfg.label_map.items())),
         )
     return raw, labels
 
 
-def encode(batch: dict[str, list], tokenizer: Any, cfg: TaskConfig, labels: list[str] | None, marker_id=None) -> dict:
-    enc = encode_texts(tokenizer, batch["text"], batch.get("text_pair"), cfg, marker_id)
-    enc["labels"] = batch["label"]
-    return enc
-
-
-def collate(rows: list[dict], pad_id: int, rng: Any) -> dict[str, torch.Tensor]:
-    batch = pad_inputs(rows, pad_id)
-    batch["labels"] = torch.tensor([r["labels"] for r in rows], dtype=torch.float32)
-    return batch
+encode = sequence.encode
+collate = sequence.collate_with(torch.float32)
 
 
 def build_head(hidden_size: int, labels: list[str], encoder: Any, sharing: Any) -> torch.nn.Module:

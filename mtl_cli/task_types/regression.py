@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from mtl_cli.config import TaskConfig
 from mtl_cli.errors import MtlError
 from mtl_cli.model import SequenceHead
-from mtl_cli.tasks import _fingerprint
-from mtl_cli.tokenization import encode_texts, pad_inputs
+from mtl_cli.task_types import sequence
+from mtl_cli.tasks import fingerprint
 
 MAIN_METRIC = "pearson"
 AUXILIARY = False
@@ -63,7 +63,7 @@ def prepare(name: str, cfg: TaskConfig, raw: Any) -> tuple[Any, None]:
             lambda batch: {"label": [to_float(cfg, v) for v in batch["label"]]},
             batched=True,
             features=features,
-            new_fingerprint=_fingerprint(ds, "regression", sorted(cfg.label_map.items())),
+            new_fingerprint=fingerprint(ds, "regression", sorted(cfg.label_map.items())),
         )
     if len(set(raw["train"]["label"])) < 2:
         raise MtlError(
@@ -73,16 +73,8 @@ def prepare(name: str, cfg: TaskConfig, raw: Any) -> tuple[Any, None]:
     return raw, None
 
 
-def encode(batch: dict[str, list], tokenizer: Any, cfg: TaskConfig, labels: list[str] | None, marker_id=None) -> dict:
-    enc = encode_texts(tokenizer, batch["text"], batch.get("text_pair"), cfg, marker_id)
-    enc["labels"] = batch["label"]
-    return enc
-
-
-def collate(rows: list[dict], pad_id: int, rng: Any) -> dict[str, torch.Tensor]:
-    batch = pad_inputs(rows, pad_id)
-    batch["labels"] = torch.tensor([r["labels"] for r in rows], dtype=torch.float32)
-    return batch
+encode = sequence.encode
+collate = sequence.collate_with(torch.float32)
 
 
 class RegressionHead(SequenceHead):

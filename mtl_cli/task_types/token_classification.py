@@ -97,7 +97,7 @@ def prepare(name: str, cfg: TaskConfig, raw: Any) -> tuple[Any, list[str]]:
     """`tags` (names, or ints with ClassLabel names) -> tag ids; returns the tag names in id order."""
     import datasets
 
-    from mtl_cli.tasks import _fingerprint
+    from mtl_cli.tasks import fingerprint
 
     labels = _label_names(name, cfg, raw)
     ids = {label: i for i, label in enumerate(labels)}
@@ -122,7 +122,7 @@ def prepare(name: str, cfg: TaskConfig, raw: Any) -> tuple[Any, list[str]]:
             lambda batch, to_name=to_name: {"tags": [[ids[to_name(t)] for t in tags] for tags in batch["tags"]]},
             batched=True,
             features=features,
-            new_fingerprint=_fingerprint(ds, "tags", labels, sorted(cfg.label_map.items())),
+            new_fingerprint=fingerprint(ds, "tags", labels, sorted(cfg.label_map.items())),
         )
     return raw, labels
 

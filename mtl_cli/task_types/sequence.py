@@ -1,0 +1,27 @@
+"""What the sequence-level types (classification, regression, multi-label) share: a text or a
+pair in, one target per example out; they differ in the target's dtype, head size and loss."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from mtl_cli.config import TaskConfig
+from mtl_cli.tokenization import encode_texts, pad_inputs
+
+
+def encode(batch: dict[str, list], tokenizer: Any, cfg: TaskConfig, labels: list[str] | None, marker_id=None) -> dict:
+    enc = encode_texts(tokenizer, batch["text"], batch.get("text_pair"), cfg, marker_id)
+    enc["labels"] = batch["label"]
+    return enc
+
+
+def collate_with(dtype: torch.dtype) -> Callable[[list[dict], int, Any], dict[str, torch.Tensor]]:
+    def collate(rows: list[dict], pad_id: int, rng: Any) -> dict[str, torch.Tensor]:
+        batch = pad_inputs(rows, pad_id)
+        batch["labels"] = torch.tensor([r["labels"] for r in rows], dtype=dtype)
+        return batch
+
+    return collate
