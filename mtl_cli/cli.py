@@ -51,7 +51,9 @@ _VALUE_FLAGS = {
 }
 # Free-form dictionaries: their keys are the user's (task names, label values), so an override
 # may add a key. Hydra requires `++` for that; users should not have to know.
-_OPEN_DICTS = re.compile(r"^(mixing\.weights|encoder\.config_overrides|task\.[^.=]+\.(label_map|files))(\.|=)")
+_OPEN_DICTS = re.compile(
+    r"^(mixing\.weights|loss_weighting\.weights|encoder\.config_overrides|task\.[^.=]+\.(label_map|files))(\.|=)"
+)
 
 
 def fail(message: str, code: int = 2) -> None:

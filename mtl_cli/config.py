@@ -25,7 +25,8 @@ TASK_MARKERS = ("prefix", "embedding")
 SOURCES = ("local", "hub")
 FORMATS = ("csv", "tsv", "json", "jsonl", "parquet", "conll", "text")
 POOLINGS = ("mean", "cls")
-SHARING_SCHEMES = ("hard",)
+SHARING_SCHEMES = ("hard", "partial", "adapters", "mmoe")
+LOSS_WEIGHTINGS = ("equal", "static", "uncertainty", "dwa", "gradnorm", "pcgrad", "cagrad")
 SPLITS = ("train", "validation", "test")
 
 
@@ -106,6 +107,37 @@ class SharingConfig:
     name: str = "hard"
     pooling: str = "mean"
     head_dropout: float = 0.1
+    # partial: the bottom `shared_layers` encoder layers (and the embeddings) are shared, each
+    # task gets its own copy of the layers above.
+    shared_layers: int = 4
+    # adapters: one peft adapter per task on a shared encoder; `train_encoder` also trains it.
+    adapter: str = "lora"
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.1
+    # Module names the adapters wrap; null lets peft pick the attention projections it knows.
+    target_modules: list[str] | None = None
+    train_encoder: bool = False
+    # mmoe (Ma et al. 2018): `num_experts` feed-forward towers on the encoder output, mixed per
+    # example by a softmax gate of each task.
+    num_experts: int = 4
+    expert_hidden: int = 256
+
+
+@dataclass
+class LossWeightingConfig:
+    name: str = "equal"
+    # static: a weight per task (missing tasks get 1.0).
+    weights: dict[str, float] = field(default_factory=dict)
+    # dwa (Liu et al. 2019): softmax temperature over the tasks' loss ratios.
+    temperature: float = 2.0
+    # gradnorm (Chen et al. 2018): asymmetry alpha and the learning rate of the task weights.
+    alpha: float = 1.5
+    weight_lr: float = 0.025
+    # cagrad (Liu et al. 2021): how far the update may move from the average gradient.
+    c: float = 0.5
+    # Warn when a task's weight falls below this fraction of the mean weight.
+    collapse_threshold: float = 0.01
 
 
 @dataclass
@@ -148,6 +180,7 @@ class MtlConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     sharing: SharingConfig = field(default_factory=SharingConfig)
     mixing: MixingConfig = field(default_factory=MixingConfig)
+    loss_weighting: LossWeightingConfig = field(default_factory=LossWeightingConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     data_root: str | None = None
     runs_root: str = "runs"
@@ -243,6 +276,21 @@ def validate(cfg: MtlConfig) -> None:
     if not 0 <= cfg.sharing.head_dropout < 1:
         raise MtlError(f"`sharing.head_dropout` must be in [0, 1); got {cfg.sharing.head_dropout}")
     check_mixing(cfg.mixing, list(cfg.task))
+    sh = cfg.sharing
+    if sh.shared_layers < 0 or sh.lora_r <= 0 or sh.num_experts <= 0 or sh.expert_hidden <= 0:
+        raise MtlError(
+            "`sharing.shared_layers` must be >= 0 and `sharing.lora_r`, `.num_experts`, `.expert_hidden` positive"
+        )
+    if sh.adapter != "lora":
+        raise MtlError(f"`sharing.adapter` must be lora; got {sh.adapter!r}")
+    lw = cfg.loss_weighting
+    if lw.name not in LOSS_WEIGHTINGS:
+        raise MtlError(f"`loss_weighting` must be one of {list(LOSS_WEIGHTINGS)}; got {lw.name!r}")
+    unknown = set(lw.weights) - set(cfg.task)
+    if unknown:
+        raise MtlError(f"`loss_weighting.weights` names unknown task(s) {sorted(unknown)}; tasks: {list(cfg.task)}")
+    if any(w < 0 for w in lw.weights.values()) or lw.temperature <= 0 or lw.c < 0 or lw.weight_lr <= 0:
+        raise MtlError("`loss_weighting.weights` must be >= 0, `.temperature` and `.weight_lr` > 0, `.c` >= 0")
     t = cfg.trainer
     positive = {"lr": t.lr, "batch_size": t.batch_size, "eval_batch_size": t.eval_batch_size, "log_every": t.log_every}
     for key, value in positive.items():

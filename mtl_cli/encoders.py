@@ -54,7 +54,14 @@ def load_encoder(cfg: EncoderConfig) -> tuple[Any, Any]:
         raise MtlError(
             f"could not load encoder '{cfg.name_or_path}' ({first}); check encoder.name_or_path or use encoder=minilm"
         ) from None
-    return model, tokenizer
+    return drop_pooler(model), tokenizer
+
+
+def drop_pooler(model: Any) -> Any:
+    """The heads pool for themselves; BERT's pooler would be dead weight that never gets a gradient."""
+    if getattr(model, "pooler", None) is not None:
+        model.pooler = None
+    return model
 
 
 def encoder_from_checkpoint(ckpt_dir: Path) -> tuple[Any, Any]:
@@ -65,4 +72,4 @@ def encoder_from_checkpoint(ckpt_dir: Path) -> tuple[Any, Any]:
     hf_logging.set_verbosity_error()
     config = AutoConfig.from_pretrained(ckpt_dir / "encoder")
     tokenizer = AutoTokenizer.from_pretrained(ckpt_dir / "tokenizer")
-    return AutoModel.from_config(config), tokenizer
+    return drop_pooler(AutoModel.from_config(config)), tokenizer

@@ -72,6 +72,17 @@ def evaluate_run(
         if task.labels != labels.get(name):
             raise MtlError(f"task '{name}' now has labels {task.labels}, the checkpoint has {labels.get(name)}")
     encoder, tokenizer = encoder_from_checkpoint(ckpt)
+    if (ckpt / "base_encoder.json").is_file():
+        # The checkpoint holds only what was trained (adapters, heads): rebuild the frozen base the
+        # way training built it (same weights, or the same seed for a random-init base).
+        import torch
+
+        from mtl_cli.encoders import load_encoder
+
+        torch.manual_seed(json.loads((ckpt / "base_encoder.json").read_text())["seed"])
+        encoder, _ = load_encoder(cfg.encoder)
+        if encoder.get_input_embeddings().weight.shape[0] != len(tokenizer):
+            encoder.resize_token_embeddings(len(tokenizer))
     full_cfg = to_typed(OmegaConf.load(run_dir / "config.yaml"))  # every head, to match the weights
     model = build_model(encoder, full_cfg.task, labels, cfg.sharing)
     load_weights(model, ckpt)

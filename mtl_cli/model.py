@@ -33,49 +33,74 @@ class SequenceHead(nn.Module):
 
 
 class MultiTaskModel(nn.Module):
-    def __init__(self, encoder: Any, heads: dict[str, nn.Module], embedding_tasks: list[str] = ()):
+    """trunk (the sharing scheme: hidden states for a task) + one head per task."""
+
+    def __init__(self, trunk: nn.Module, heads: dict[str, nn.Module], embedding_tasks: list[str] = ()):
         super().__init__()
-        self.encoder = encoder
+        self.trunk = trunk
         self.heads = nn.ModuleDict(heads)
         # Tasks with `task_marker: embedding` add a learned vector to every input embedding.
         self.task_index = {task: i for i, task in enumerate(embedding_tasks)}
         if embedding_tasks:
-            self.task_embeddings = nn.Embedding(len(embedding_tasks), encoder.config.hidden_size)
+            self.task_embeddings = nn.Embedding(len(embedding_tasks), trunk.encoder.config.hidden_size)
             nn.init.zeros_(self.task_embeddings.weight)
 
+    @property
+    def encoder(self) -> Any:
+        return self.trunk.encoder
+
     def forward(self, task: str, batch: dict) -> Any:
-        kwargs = {"attention_mask": batch["attention_mask"]}
+        inputs = {"attention_mask": batch["attention_mask"]}
         if "token_type_ids" in batch:
-            kwargs["token_type_ids"] = batch["token_type_ids"]
+            inputs["token_type_ids"] = batch["token_type_ids"]
         if task in self.task_index:
             embeds = self.encoder.get_input_embeddings()(batch["input_ids"])
             index = torch.tensor(self.task_index[task], device=embeds.device)
-            kwargs["inputs_embeds"] = embeds + self.task_embeddings(index)
+            inputs["inputs_embeds"] = embeds + self.task_embeddings(index)
         else:
-            kwargs["input_ids"] = batch["input_ids"]
-        hidden = self.encoder(**kwargs).last_hidden_state
-        return self.heads[task](hidden, batch)
+            inputs["input_ids"] = batch["input_ids"]
+        return self.heads[task](self.trunk(task, **inputs), batch)
 
-    def parameter_counts(self) -> dict[str, int]:
-        def count(module: nn.Module) -> int:
-            return sum(p.numel() for p in module.parameters())
+    def shared_parameters(self) -> list[nn.Parameter]:
+        return self.trunk.shared_parameters()
 
-        counts = {"shared": count(self.encoder)}
+    def parameter_counts(self) -> dict:
+        """Shared (used by every task), per task (only that task), trainable and total, each counted once."""
+        seen: set[int] = set()
+
+        def count(params) -> int:
+            fresh = [p for p in params if id(p) not in seen]
+            seen.update(id(p) for p in fresh)
+            return sum(p.numel() for p in fresh)
+
+        in_trunk = {id(p) for p in self.trunk.parameters()}
+        per_task = {}
         for task, head in self.heads.items():
-            # A tied MLM decoder shares the encoder's embedding matrix: count only its own weights.
-            shared = {id(p) for p in self.encoder.parameters()}
-            counts[f"head:{task}"] = sum(p.numel() for p in head.parameters() if id(p) not in shared)
-        counts["trainable"] = sum(p.numel() for p in self.parameters() if p.requires_grad)
-        return counts
+            # A head may reuse trunk weights (an MLM decoder tied to the embeddings): those are shared.
+            own = [*self.trunk.task_parameters(task), *(p for p in head.parameters() if id(p) not in in_trunk)]
+            per_task[task] = count(own)
+        if self.task_index:
+            per_task["task_embeddings"] = count(self.task_embeddings.parameters())
+        unique = {id(p): p for p in self.parameters()}.values()
+        shared = sum(p.numel() for p in unique if id(p) not in seen)
+        return {
+            "shared": shared,
+            "shared_trainable": sum(p.numel() for p in unique if id(p) not in seen and p.requires_grad),
+            "per_task": per_task,
+            "trainable": sum(p.numel() for p in unique if p.requires_grad),
+            "total": sum(p.numel() for p in unique),
+        }
 
 
 def build_model(encoder: Any, task_cfgs: dict, labels: dict[str, list[str] | None], sharing: Any) -> MultiTaskModel:
+    from mtl_cli import sharing as sharing_schemes
     from mtl_cli import task_types
 
-    hidden = encoder.config.hidden_size
+    trunk = sharing_schemes.get(sharing.name).build(encoder, list(task_cfgs), sharing)
+    hidden = trunk.encoder.config.hidden_size
     heads = {
-        name: task_types.get(cfg.type).build_head(hidden, labels[name], encoder, sharing)
+        name: task_types.get(cfg.type).build_head(hidden, labels[name], trunk.encoder, sharing)
         for name, cfg in task_cfgs.items()
     }
     embedding_tasks = [name for name, cfg in task_cfgs.items() if cfg.task_marker == "embedding"]
-    return MultiTaskModel(encoder, heads, embedding_tasks)
+    return MultiTaskModel(trunk, heads, embedding_tasks)

@@ -61,15 +61,37 @@ def append_jsonl(path: Path, records: list[dict]) -> None:
             f.write(json.dumps(r) + "\n")
 
 
-def save_checkpoint(ckpt: Path, model: Any, tokenizer: Any, labels: dict, state: dict, optimizer_state: Any) -> None:
-    """Write to a temporary folder, then swap it in: a crash never leaves a half-written checkpoint."""
+def checkpoint_state(model: Any) -> dict:
+    """What a checkpoint holds: every tensor of the model except frozen parameters (a frozen
+    adapter base is reloaded from its reference, not copied into every checkpoint), each tied
+    tensor once (an MLM decoder tied to the input embeddings)."""
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    out, seen = {}, set()
+    for name, tensor in model.state_dict().items():
+        if name in frozen or (tensor.numel() and tensor.data_ptr() in seen):
+            continue
+        seen.add(tensor.data_ptr())
+        out[name] = tensor.detach().contiguous()
+    return out
+
+
+def save_checkpoint(
+    ckpt: Path, model: Any, tokenizer: Any, labels: dict, state: dict, optimizer_state: Any, base: dict | None = None
+) -> None:
+    """Write to a temporary folder, then swap it in: a crash never leaves a half-written checkpoint.
+
+    `base` (written as base_encoder.json) describes the frozen encoder the weights sit on, when
+    the checkpoint leaves it out.
+    """
     import torch
-    from safetensors.torch import save_model
+    from safetensors.torch import save_file
 
     tmp = ckpt.with_name(f".{ckpt.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_model(model, str(tmp / "model.safetensors"))
+    save_file(checkpoint_state(model), str(tmp / "model.safetensors"))
+    if base is not None:
+        write_json(tmp / "base_encoder.json", base)
     model.encoder.config.save_pretrained(tmp / "encoder")
     tokenizer.save_pretrained(tmp / "tokenizer")
     write_json(tmp / "labels.json", labels)
@@ -97,16 +119,24 @@ def find_checkpoint(run_dir: Path, which: str) -> Path:
 
 
 def load_weights(model: Any, ckpt: Path) -> None:
-    from safetensors.torch import load_model
+    from safetensors.torch import load_file
 
     try:
-        missing, unexpected = load_model(model, str(ckpt / "model.safetensors"), strict=False)
+        weights = load_file(str(ckpt / "model.safetensors"))
     except Exception as err:
         raise MtlError(
             f"cannot read {ckpt / 'model.safetensors'} ({str(err).splitlines()[0]}); it may be truncated"
         ) from None
+    expected = checkpoint_state(model)
+    missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
     if missing or unexpected:
         raise MtlError(f"{ckpt} does not match the model its run config builds (e.g. {(missing or unexpected)[0]})")
+    bad = next((k for k, v in weights.items() if v.shape != expected[k].shape), None)
+    if bad:
+        raise MtlError(
+            f"{ckpt}: weight {bad} has shape {tuple(weights[bad].shape)}, the model expects {tuple(expected[bad].shape)}"
+        )
+    model.load_state_dict(weights, strict=False)
 
 
 # --- tables -------------------------------------------------------------------------------

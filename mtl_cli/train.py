@@ -79,7 +79,7 @@ def setup_logging(run_dir: Path | None) -> None:
         log.addHandler(fh)
 
 
-def build_optimizer(model: Any, cfg: MtlConfig, total_steps: int) -> tuple[Any, Any]:
+def build_optimizer(model: Any, cfg: MtlConfig, total_steps: int, extra: list = ()) -> tuple[Any, Any]:
     import torch
     from transformers import get_linear_schedule_with_warmup
 
@@ -89,9 +89,10 @@ def build_optimizer(model: Any, cfg: MtlConfig, total_steps: int) -> tuple[Any, 
         if p.requires_grad:
             (no_decay if p.ndim < 2 else decay).append(p)
     t = cfg.trainer
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=t.lr
-    )
+    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if extra:  # learnable loss weights (uncertainty): not decayed, which would pull them to 0
+        groups.append({"params": list(extra), "weight_decay": 0.0})
+    opt = torch.optim.AdamW(groups, lr=t.lr)
     sched = get_linear_schedule_with_warmup(opt, int(t.warmup_ratio * total_steps), total_steps)
     return opt, sched
 
@@ -104,7 +105,7 @@ def train(cfg: DictConfig | MtlConfig, run_dir: Path | None = None, overrides: l
     """
     import torch
 
-    from mtl_cli import task_types
+    from mtl_cli import loss_weighting, task_types
     from mtl_cli.batches import TaskBatches
     from mtl_cli.datacheck import check_tasks, report_warnings
     from mtl_cli.encoders import load_encoder
@@ -126,9 +127,14 @@ def train(cfg: DictConfig | MtlConfig, run_dir: Path | None = None, overrides: l
     data = tokenize_tasks(tasks, tokenizer)
     sizes = {name: len(d["input_ids"]) for name, d in data["train"].items()}
     sampler = build_sampler(typed.mixing, sizes, typed.seed)
-    steps_per_epoch = math.ceil(sum(sizes.values()) / t.batch_size)
+    weighting_module = loss_weighting.get(typed.loss_weighting.name)
+    # Gradient methods need every task's loss at the same step: a step then holds one batch of
+    # each task, and an epoch (all examples seen once) takes that many fewer steps.
+    per_step = len(sizes) if weighting_module.build(typed.loss_weighting, list(sizes), 1).needs_all_tasks else 1
+    steps_per_epoch = math.ceil(sum(sizes.values()) / (t.batch_size * per_step))
     total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
     eval_every = min(t.eval_every or steps_per_epoch, total_steps)
+    weighting = weighting_module.build(typed.loss_weighting, list(sizes), steps_per_epoch)
 
     run_dir = claim(run_dir, typed, overrides or [])
     setup_logging(run_dir)
@@ -143,17 +149,23 @@ def train(cfg: DictConfig | MtlConfig, run_dir: Path | None = None, overrides: l
     labels = {n: tk.labels for n, tk in tasks.items()}
     torch.manual_seed(typed.seed)
     model = build_model(encoder, typed.task, labels, typed.sharing).to(device)
-    log.info("parameters: %s", model.parameter_counts())
+    counts = model.parameter_counts()
+    write_json(run_dir / "parameters.json", {"sharing": typed.sharing.name, **counts})
+    log.info("sharing=%s parameters: %s", typed.sharing.name, counts)
+    if weighting.needs_all_tasks:
+        log.info(
+            "loss_weighting=%s: every step holds one batch of each task; mixing is not used", typed.loss_weighting.name
+        )
+    else:
+        log.info(
+            "mixing=%s probabilities %s; loss_weighting=%s",
+            typed.mixing.name, {k: round(v, 4) for k, v in sampler.probabilities.items()}, typed.loss_weighting.name,
+        )  # fmt: skip
     log.info(
-        "mixing=%s probabilities %s; %d steps (%.2f epochs of %d steps), eval every %d",
-        typed.mixing.name,
-        {k: round(v, 4) for k, v in sampler.probabilities.items()},
-        total_steps,
-        total_steps / steps_per_epoch,
-        steps_per_epoch,
-        eval_every,
-    )
-    opt, sched = build_optimizer(model, typed, total_steps)
+        "%d steps (%.2f epochs of %d steps), eval every %d",
+        total_steps, total_steps / steps_per_epoch, steps_per_epoch, eval_every,
+    )  # fmt: skip
+    opt, sched = build_optimizer(model, typed, total_steps, weighting.parameters())
     types = {n: tc.type for n, tc in typed.task.items()}
     batches = {
         name: TaskBatches(
@@ -161,7 +173,7 @@ def train(cfg: DictConfig | MtlConfig, run_dir: Path | None = None, overrides: l
         )
         for i, (name, d) in enumerate(data["train"].items())
     }
-    loop = TrainLoop(typed, run_dir, model, tokenizer, labels, opt, sched, sampler, batches, data, device)
+    loop = TrainLoop(typed, run_dir, model, tokenizer, labels, opt, sched, sampler, batches, data, device, weighting)
     try:
         loop.run(total_steps, eval_every)
         return finish(loop, tasks)
@@ -179,40 +191,101 @@ def claim(run_dir: Path | None, cfg: MtlConfig, overrides: list[str]) -> Path:
     return claimed
 
 
+def base_reference(cfg: MtlConfig) -> dict:
+    from mtl_cli.encoders import resolve_source
+
+    e = cfg.encoder
+    # A random-init base is rebuilt by seeding torch with `seed` before building it, as training does.
+    return {"name_or_path": e.name_or_path, "source": resolve_source(e), "revision": e.revision,
+            "random_init": e.random_init, "seed": cfg.seed}  # fmt: skip
+
+
 class TrainLoop:
     """The state of one training run and its step/evaluate/save cycle."""
 
-    def __init__(self, cfg, run_dir, model, tokenizer, labels, opt, sched, sampler, batches, data, device):
+    def __init__(self, cfg, run_dir, model, tokenizer, labels, opt, sched, sampler, batches, data, device, weighting):
         self.cfg, self.run_dir, self.model, self.tokenizer, self.labels = cfg, run_dir, model, tokenizer, labels
         self.opt, self.sched, self.sampler, self.batches, self.data = opt, sched, sampler, batches, data
-        self.device = device
+        self.device, self.weighting = device, weighting
+        self.shared = model.shared_parameters()
+        # Checkpoints leave frozen parameters out; they name the base encoder to rebuild them from.
+        frozen = any(not p.requires_grad for p in model.parameters())
+        self.base = base_reference(cfg) if frozen else None
         self.step = 0
         self.seen = {name: 0 for name in batches}
         self.best_score, self.best_step = -math.inf, 0
         self.running_loss: dict[str, float] = {}
 
-    def train_step(self) -> str:
+    def train_step(self) -> list[str]:
         from torch.nn.utils import clip_grad_norm_
 
         from mtl_cli import task_types
 
-        task = self.sampler.next_task()
-        batch = {k: v.to(self.device) for k, v in self.batches[task].next_batch().items()}
-        loss = task_types.get(self.cfg.task[task].type).loss(self.model(task, batch), batch)
-        loss.backward()
+        step_tasks = list(self.batches) if self.weighting.needs_all_tasks else [self.sampler.next_task()]
+        losses = {}
+        for task in step_tasks:
+            batch = {k: v.to(self.device) for k, v in self.batches[task].next_batch().items()}
+            losses[task] = task_types.get(self.cfg.task[task].type).loss(self.model(task, batch), batch)
+            self.seen[task] += batch["input_ids"].shape[0]
+        for task, loss in losses.items():
+            if not math.isfinite(loss.item()):
+                raise MtlError(f"loss of task '{task}' became {loss.item()} at step {self.step + 1}; lower trainer.lr")
+        self.weighting.backward(losses, self.shared)
         if self.cfg.trainer.max_grad_norm > 0:
             clip_grad_norm_(self.model.parameters(), self.cfg.trainer.max_grad_norm)
         self.opt.step()
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)
-        value = loss.item()
-        if not math.isfinite(value):
-            raise MtlError(f"loss of task '{task}' became {value} at step {self.step + 1}; lower trainer.lr")
-        self.seen[task] += batch["input_ids"].shape[0]
-        prev = self.running_loss.get(task)
-        self.running_loss[task] = value if prev is None else 0.9 * prev + 0.1 * value
+        for task, loss in losses.items():
+            prev = self.running_loss.get(task)
+            self.running_loss[task] = loss.item() if prev is None else 0.9 * prev + 0.1 * loss.item()
         self.step += 1
-        return task
+        return step_tasks
+
+    def diagnostics(self) -> dict:
+        """Effective task weights (and MMoE gates); warnings when a weight collapses or loss scales diverge."""
+        weights = {t: float(w) for t, w in self.weighting.weights().items()}
+        mean = sum(weights.values()) / max(len(weights), 1)
+        threshold = self.cfg.loss_weighting.collapse_threshold
+        for task, w in weights.items():
+            if mean > 0 and w < threshold * mean:
+                log.warning(
+                    "loss weighting: task %s's weight %.2g fell below %g of the mean (%.2g): it has stopped training",
+                    task, w, threshold, mean,
+                )  # fmt: skip
+        losses = {t: v for t, v in self.running_loss.items() if v > 0}
+        if len(losses) > 1:
+            hi, lo = max(losses, key=losses.get), min(losses, key=losses.get)
+            if losses[hi] > 100 * losses[lo]:
+                log.warning(
+                    "loss scales differ: %s's loss (%.3g) is %.0fx %s's (%.3g); consider loss_weighting=uncertainty",
+                    hi, losses[hi], losses[hi] / losses[lo], lo, losses[lo],
+                )  # fmt: skip
+        out = {"weights": weights}
+        gates = getattr(self.model.trunk, "gate_summary", None)
+        if gates is not None:
+            out["gates"] = gates()
+        return out
+
+    def run(self, total_steps: int, eval_every: int) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.model.train()
+        start = time.perf_counter()
+        columns = [
+            TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}")
+        ]  # fmt: skip
+        with Progress(*columns, disable=not self.cfg.trainer.progress, transient=False) as progress:
+            bar = progress.add_task("train", total=total_steps, info="")
+            while self.step < total_steps:
+                self.train_step()
+                rate = sum(self.seen.values()) / (time.perf_counter() - start)
+                losses = " ".join(f"{n}={v:.3f}" for n, v in self.running_loss.items())
+                progress.update(bar, advance=1, info=f"loss {losses} | {rate:.0f} ex/s")
+                if self.step % self.cfg.trainer.log_every == 0:
+                    log.info("step %d loss %s %.1f ex/s", self.step, losses, rate)
+                if self.step % eval_every == 0 or self.step == total_steps:
+                    self.evaluate_and_save()
 
     def main_metric(self, task: str, metrics: dict) -> float:
         from mtl_cli import task_types
@@ -232,30 +305,6 @@ class TrainLoop:
             self.model, self.data[split], types, self.labels, t.eval_batch_size, self.tokenizer.pad_token_id
         )
 
-    def run(self, total_steps: int, eval_every: int) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.model.train()
-        start = time.perf_counter()
-        columns = [
-            TextColumn("train"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[info]}"),
-        ]
-        with Progress(*columns, disable=not self.cfg.trainer.progress, transient=False) as progress:
-            bar = progress.add_task("train", total=total_steps, info="")
-            while self.step < total_steps:
-                self.train_step()
-                rate = sum(self.seen.values()) / (time.perf_counter() - start)
-                losses = " ".join(f"{n}={v:.3f}" for n, v in self.running_loss.items())
-                progress.update(bar, advance=1, info=f"loss {losses} | {rate:.0f} ex/s")
-                if self.step % self.cfg.trainer.log_every == 0:
-                    log.info("step %d loss %s %.1f ex/s", self.step, losses, rate)
-                if self.step % eval_every == 0 or self.step == total_steps:
-                    self.evaluate_and_save()
-
     def evaluate_and_save(self) -> None:
         from mtl_cli.rundir import append_jsonl, save_checkpoint
 
@@ -267,12 +316,21 @@ class TrainLoop:
                 f"use main or one of {sorted(results['average'])}"
             )
         epochs = self.epochs_seen()
+        diag = self.diagnostics()
         records = []
         for task, metrics in results.items():
             rec = {"step": self.step, "split": "validation", "task": task, **metrics}
             if task in self.seen:
                 rec.update(train_loss=self.running_loss.get(task), examples_seen=self.seen[task], epochs=epochs[task])
+                rec["weight"] = diag["weights"].get(task)
+                if "gates" in diag:
+                    rec["gates"] = diag["gates"].get(task)
             records.append(rec)
+        log.info("task weights: %s", {t: round(w, 4) for t, w in diag["weights"].items()})
+        if "gates" in diag:
+            log.info(
+                "mmoe gates (mean per expert): %s", {t: [round(g, 3) for g in v] for t, v in diag["gates"].items()}
+            )
         append_jsonl(self.run_dir / "metrics.jsonl", records)
         score = results["average"][t.best_metric]
         log.info(
@@ -291,20 +349,30 @@ class TrainLoop:
             "best_score": self.best_score,
             "batches": {n: b.state_dict() for n, b in self.batches.items()},
             "sampler": self.sampler.state_dict(),
+            "task_weights": diag["weights"],
         }
         if score > self.best_score:
             self.best_score, self.best_step = score, self.step
             state.update(best_step=self.step, best_score=score)
-            save_checkpoint(self.run_dir / "checkpoints" / "best", self.model, self.tokenizer, self.labels, state, None)
+            save_checkpoint(
+                self.run_dir / "checkpoints" / "best", self.model, self.tokenizer, self.labels, state, None, self.base
+            )
         import torch
 
         train_state = {
             "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict(),
             "torch_rng": torch.get_rng_state(),
+            "loss_weighting": self.weighting.state_dict(),
         }
         save_checkpoint(
-            self.run_dir / "checkpoints" / "last", self.model, self.tokenizer, self.labels, state, train_state
+            self.run_dir / "checkpoints" / "last",
+            self.model,
+            self.tokenizer,
+            self.labels,
+            state,
+            train_state,
+            self.base,
         )
 
 

@@ -209,7 +209,7 @@ def test_decoder_is_tied_to_the_input_embeddings(encoder_and_tokenizer) -> None:
     assert head.decoder.weight.data_ptr() == embeddings.data_ptr()
     hidden = encoder.config.hidden_size
     # Only the head's own weights are counted: dense, LayerNorm, output bias (not the vocabulary matrix).
-    assert model.parameter_counts()["head:lm"] == hidden * hidden + hidden + 2 * hidden + embeddings.shape[0]
+    assert model.parameter_counts()["per_task"]["lm"] == hidden * hidden + hidden + 2 * hidden + embeddings.shape[0]
     # The optimizer sees the shared matrix once; the MLM loss trains the embeddings through the decoder.
     assert sum(p is embeddings for p in model.parameters()) == 1
     batch = mlm_batch(tok)
@@ -262,7 +262,7 @@ def test_checkpoint_round_trip_keeps_the_tie(tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
     saved = load_file(ckpt / "model.safetensors")
-    assert "encoder.embeddings.word_embeddings.weight" in saved and "heads.lm.decoder.weight" not in saved
+    assert "trunk.encoder.embeddings.word_embeddings.weight" in saved and "heads.lm.decoder.weight" not in saved
 
     torch.manual_seed(123)  # the fresh model starts from other random weights
     fresh_encoder, fresh_tok = encoder_from_checkpoint(ckpt)

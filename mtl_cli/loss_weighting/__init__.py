@@ -1,0 +1,38 @@
+"""Loss weighting and gradient combination: how the tasks' losses (or gradients) make one update.
+
+Each method is one module with `build(cfg, tasks, steps_per_epoch) -> Weighting`. A weighting has
+
+    needs_all_tasks: bool      True: every step holds one batch of every task (GradNorm, PCGrad,
+                               CAGrad need all tasks' losses or gradients at the same step)
+    parameters() -> list       learnable parameters the optimizer must update (uncertainty)
+    weights() -> {task: float} the current effective weight of each task (logged every eval)
+    backward(losses, shared)   turn {task: loss tensor} into gradients (.grad) of all parameters;
+                               `shared` are the trunk's shared parameters (gradient surgery acts on them)
+    state_dict()/load_state_dict()
+
+Methods that only weight losses call `weighted_backward`, below. Adding a method: a module here,
+its name in METHODS, and conf/loss_weighting/<name>.yaml.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+import torch
+
+METHODS = ("equal", "static", "uncertainty", "dwa", "gradnorm", "pcgrad", "cagrad")
+
+
+def get(name: str) -> ModuleType:
+    if name not in METHODS:
+        from mtl_cli.errors import MtlError
+
+        raise MtlError(f"unknown loss weighting {name!r} (`loss_weighting=`); use one of {list(METHODS)}")
+    return importlib.import_module(f"mtl_cli.loss_weighting.{name}")
+
+
+def weighted_backward(losses: dict[str, torch.Tensor], weights: dict[str, float | torch.Tensor]) -> torch.Tensor:
+    total = sum(weights[task] * loss for task, loss in losses.items())
+    total.backward()
+    return total

@@ -1,0 +1,29 @@
+"""Sharing schemes: which encoder parameters the tasks share.
+
+Each scheme is one module with a `build(encoder, tasks, cfg) -> Trunk` function. A trunk is an
+nn.Module that turns a task's batch into hidden states for that task's head:
+
+    trunk(task, **encoder_inputs) -> last hidden states [batch, tokens, hidden]
+        encoder_inputs: input_ids or inputs_embeds, attention_mask, [token_type_ids]
+    trunk.encoder                  the (base) transformers encoder: its config, input embeddings
+    trunk.shared_parameters()      parameters every task uses (what gradient surgery operates on)
+    trunk.task_parameters(task)    parameters only `task` uses
+    trunk.trained_state_dict()     optional: what a checkpoint must hold (adapters: not the frozen base)
+
+Adding a scheme: a module here, its name in SCHEMES, and conf/sharing/<name>.yaml.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+SCHEMES = ("hard", "partial", "adapters", "mmoe")
+
+
+def get(name: str) -> ModuleType:
+    if name not in SCHEMES:
+        from mtl_cli.errors import MtlError
+
+        raise MtlError(f"unknown sharing scheme {name!r} (`sharing=`); use one of {list(SCHEMES)}")
+    return importlib.import_module(f"mtl_cli.sharing.{name}")
