@@ -9,7 +9,7 @@ from mtl_cli.compose import check_overrides, compose_config, known_options
 from mtl_cli.config import CONF_DIR, to_typed
 from mtl_cli.errors import MtlError
 
-GROUPS = ["encoder", "sharing", "mixing", "trainer", "experiment"]
+GROUPS = ["encoder", "sharing", "mixing", "loss_weighting", "trainer", "experiment"]
 
 
 def overrides_for(group: str, option: str) -> list[str]:
@@ -35,7 +35,7 @@ def test_every_task_composes(option: str) -> None:
 @pytest.mark.parametrize(("group", "option"), [(g, o) for g in GROUPS for o in known_options(g)])
 def test_every_group_option_composes(group: str, option: str) -> None:
     cfg = to_typed(compose_config(overrides_for(group, option)))
-    if group in ("encoder", "sharing", "mixing"):
+    if group in ("encoder", "sharing", "mixing", "loss_weighting"):
         assert getattr(cfg, group).name_or_path if group == "encoder" else getattr(cfg, group).name == option
 
 
