@@ -286,6 +286,11 @@ def validate(cfg: MtlConfig) -> None:
     lw = cfg.loss_weighting
     if lw.name not in LOSS_WEIGHTINGS:
         raise MtlError(f"`loss_weighting` must be one of {list(LOSS_WEIGHTINGS)}; got {lw.name!r}")
+    if lw.name in ("gradnorm", "pcgrad", "cagrad") and sh.name == "adapters" and not sh.train_encoder:
+        raise MtlError(
+            f"loss_weighting={lw.name} acts on the shared encoder's gradients, and sharing=adapters freezes it; "
+            "set sharing.train_encoder=true or choose another loss_weighting"
+        )
     unknown = set(lw.weights) - set(cfg.task)
     if unknown:
         raise MtlError(f"`loss_weighting.weights` names unknown task(s) {sorted(unknown)}; tasks: {list(cfg.task)}")

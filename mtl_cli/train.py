@@ -248,7 +248,7 @@ class TrainLoop:
         mean = sum(weights.values()) / max(len(weights), 1)
         threshold = self.cfg.loss_weighting.collapse_threshold
         for task, w in weights.items():
-            if mean > 0 and w < threshold * mean:
+            if mean > 0 and w < threshold * mean and getattr(self.weighting, "weights_can_collapse", True):
                 log.warning(
                     "loss weighting: task %s's weight %.2g fell below %g of the mean (%.2g): it has stopped training",
                     task, w, threshold, mean,

@@ -1,0 +1,286 @@
+"""PCGrad and CAGrad on toy gradients with hand-computed results, and their backward on a toy model."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mtl_cli.compose import compose_typed
+from mtl_cli.config import LossWeightingConfig
+from mtl_cli.loss_weighting import cagrad as cagrad_method
+from mtl_cli.loss_weighting import get
+from mtl_cli.loss_weighting import pcgrad as pcgrad_method
+from mtl_cli.loss_weighting.surgery import cagrad, cagrad_with_weights, pcgrad, task_gradients, write_gradient
+
+
+def t(*rows) -> torch.Tensor:
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def pcgrad_reference(grads: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Algorithm 1 of Yu et al. 2020 on the vectors themselves, drawing the same random orders."""
+    n = len(grads)
+    projected = []
+    for i in range(n):
+        g = grads[i].clone()
+        others = [j for j in range(n) if j != i]
+        for k in torch.randperm(len(others), generator=generator).tolist():
+            gj = grads[others[k]]
+            if g @ gj < 0:
+                g = g - (g @ gj) / (gj @ gj) * gj
+        projected.append(g)
+    return torch.stack(projected).sum(0)
+
+
+# PCGrad
+
+
+def test_pcgrad_two_conflicting_gradients_by_hand():
+    # g1.g2 = -1: g1 -> g1 + g2/2 = (0.5, 0.5), g2 -> g2 + g1 = (0, 1); each is orthogonal to the other's original.
+    g1, g2 = (1.0, 0.0), (-1.0, 1.0)
+    assert torch.allclose(pcgrad(t(g1, g2), gen()), t(0.5, 1.5))
+    assert t(0.5, 0.5) @ t(*g2) == 0 and t(0.0, 1.0) @ t(*g1) == 0
+
+
+def test_pcgrad_no_conflict_is_the_plain_sum():
+    grads = t((1.0, 0.0), (1.0, 1.0))
+    assert torch.equal(pcgrad(grads, gen()), t(2.0, 1.0))
+    orthogonal = t((1.0, 0.0), (0.0, 3.0))
+    assert torch.equal(pcgrad(orthogonal, gen()), t(1.0, 3.0))
+
+
+def test_pcgrad_identical_gradients_sum():
+    assert torch.equal(pcgrad(t((1.0, 2.0), (1.0, 2.0)), gen()), t(2.0, 4.0))
+
+
+def test_pcgrad_three_tasks_by_hand():
+    # Only g1.g3 = -1 conflicts: g1 -> (1,0,0) + (-1,0,1)/2, g3 -> g3 + g1, g2 unchanged; order plays no part.
+    grads = t((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (-1.0, 0.0, 1.0))
+    for seed in range(5):
+        assert torch.allclose(pcgrad(grads, gen(seed)), t(0.5, 1.0, 1.5))
+
+
+def test_pcgrad_order_matters_with_three_conflicting_tasks_and_is_seeded():
+    # g3 conflicts with g1 and g2; g1 projected off g3 first then conflicts with g2: (0.5, 0), else (0.5, -0.5).
+    # Likewise g2 -> (0, 0.5) or (-0.5, 0.5); g3 ends at (0, 0) in either order.
+    grads = t((1.0, 0.0), (0.0, 1.0), (-1.0, -1.0))
+    possible = {
+        (a[0] + b[0], a[1] + b[1]) for a, b in itertools.product([(0.5, 0.0), (0.5, -0.5)], [(0.0, 0.5), (-0.5, 0.5)])
+    }
+    results = set()
+    for seed in range(20):
+        out = pcgrad(grads, gen(seed))
+        assert torch.equal(out, pcgrad(grads, gen(seed)))
+        assert torch.allclose(out, pcgrad_reference(grads, gen(seed)))
+        results.add(tuple(out.tolist()))
+    assert results <= possible and len(results) > 1
+
+
+def test_pcgrad_matches_the_vector_algorithm_on_random_gradients():
+    rng = torch.Generator().manual_seed(1)
+    for n in (2, 3, 5):
+        grads = torch.randn(n, 50, generator=rng, dtype=torch.float64)
+        assert torch.allclose(pcgrad(grads, gen(n)), pcgrad_reference(grads, gen(n)))
+
+
+def test_pcgrad_zero_gradient_task():
+    assert torch.equal(pcgrad(t((0.0, 0.0), (1.0, -1.0)), gen()), t(1.0, -1.0))
+
+
+# CAGrad
+
+
+def objective(grads: torch.Tensor, w: torch.Tensor, c: float) -> float:
+    g0 = grads.mean(0)
+    gw = w @ grads
+    return float(gw @ g0 + c * g0.norm() * gw.norm())
+
+
+def direction(grads: torch.Tensor, w: torch.Tensor, c: float) -> torch.Tensor:
+    """The unscaled CAGrad update for given dual weights: g0 + c ||g0|| / ||g_w|| g_w."""
+    g0 = grads.mean(0)
+    gw = w @ grads
+    return g0 + c * g0.norm() / gw.norm() * gw
+
+
+def test_cagrad_c_zero_is_exactly_the_mean():
+    grads = torch.randn(3, 20, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(cagrad(grads, 0.0), grads.mean(0))
+
+
+def test_cagrad_orthogonal_unit_gradients_are_symmetric():
+    # w = (1/2, 1/2) so g_w = g0 and d = (1 + c) g0, rescaled by 1 / (1 + c^2).
+    grads = t((1.0, 0.0), (0.0, 1.0))
+    c = 0.5
+    d, w = cagrad_with_weights(grads, c)
+    assert np.allclose(w, [0.5, 0.5], atol=1e-6)
+    assert torch.allclose(d, t(0.6, 0.6), atol=1e-6)
+
+
+def test_cagrad_is_conflict_averse_on_a_known_conflict():
+    # The mean (0, 0.5) does not help g1 at all (g0.g1 = 0); CAGrad's update improves both tasks.
+    grads = t((1.0, 0.0), (-1.0, 1.0))
+    c = 0.5
+    d = cagrad(grads, c) * (1 + c**2)
+    g0 = grads.mean(0)
+    assert (grads @ d).min() >= (grads @ g0).min()
+    assert (grads @ d).min() > 0
+    assert torch.isclose((d - g0).norm(), c * g0.norm())
+
+
+@pytest.mark.parametrize("c", [0.1, 0.5, 1.0, 2.0])
+def test_cagrad_is_conflict_averse_on_random_gradients(c):
+    # The solved d maximises min_i g_i.d over the ball ||d - g0|| <= c ||g0||, which holds g0 itself.
+    rng = torch.Generator().manual_seed(int(c * 10))
+    for n in (2, 3, 4, 6):
+        for _ in range(5):
+            grads = torch.randn(n, 30, generator=rng, dtype=torch.float64)
+            grads[0] -= 2 * grads[1]
+            d = cagrad(grads, c) * (1 + c**2)
+            g0 = grads.mean(0)
+            assert (grads @ d).min() >= (grads @ g0).min() - 1e-9
+            assert (d - g0).norm() <= c * g0.norm() * (1 + 1e-6)
+
+
+def test_cagrad_matches_a_grid_search_for_two_tasks():
+    rng = torch.Generator().manual_seed(3)
+    for c in (0.2, 0.5, 0.9):
+        grads = torch.randn(2, 10, generator=rng, dtype=torch.float64)
+        grid = torch.linspace(0, 1, 20001, dtype=torch.float64)
+        values = [objective(grads, torch.stack([s, 1 - s]), c) for s in grid]
+        best = grid[int(np.argmin(values))]
+        d, w = cagrad_with_weights(grads, c)
+        assert objective(grads, torch.from_numpy(w), c) <= min(values) + 1e-9
+        assert abs(w[0] - best) < 1e-3
+        expected = direction(grads, torch.stack([best, 1 - best]), c) / (1 + c**2)
+        assert torch.allclose(d, expected, atol=1e-3)
+
+
+def test_cagrad_single_task_and_zero_gradients():
+    g = t((3.0, 4.0))
+    assert torch.allclose(cagrad(g, 0.5), g[0] * 1.5 / 1.25)
+    assert torch.equal(cagrad(t((0.0, 0.0), (0.0, 0.0)), 0.5), t(0.0, 0.0))
+
+
+# The gradient plumbing on a toy model
+
+
+class Toy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.shared = nn.Linear(4, 3)
+        self.heads = nn.ModuleDict({"a": nn.Linear(3, 1), "b": nn.Linear(3, 2)})
+        self.inputs = {"a": torch.randn(5, 4), "b": torch.randn(6, 4)}
+
+    def losses(self) -> dict[str, torch.Tensor]:
+        """One forward pass (one graph) per task, as the training loop does with needs_all_tasks."""
+        return {task: self.heads[task](torch.tanh(self.shared(x))).pow(2).mean() for task, x in self.inputs.items()}
+
+
+def test_task_gradients_are_each_tasks_own_gradient():
+    model = Toy()
+    shared = list(model.shared.parameters())
+    expected = {}
+    for task, loss in model.losses().items():
+        params = shared + list(model.heads[task].parameters())
+        expected[task] = torch.autograd.grad(loss, params)
+
+    grads, shapes = task_gradients(model.losses(), shared)
+    assert shapes == [p.shape for p in shared]
+    assert grads.shape == (2, sum(p.numel() for p in shared))
+    for row, task in enumerate(["a", "b"]):
+        flat = torch.cat([g.reshape(-1) for g in expected[task][: len(shared)]])
+        assert torch.allclose(grads[row], flat)
+        for p, g in zip(model.heads[task].parameters(), expected[task][len(shared) :], strict=True):
+            assert torch.allclose(p.grad, g)
+    assert all(p.grad is None for p in shared)
+
+    write_gradient(shared, grads.sum(0))
+    assert torch.allclose(model.shared.weight.grad, expected["a"][0] + expected["b"][0])
+    assert torch.allclose(model.shared.bias.grad, expected["a"][1] + expected["b"][1])
+
+
+def test_existing_shared_grad_is_kept_and_added_to():
+    theta = nn.Parameter(torch.zeros(2))
+    theta.grad = torch.tensor([10.0, 20.0])
+    grads, _ = task_gradients(linear_losses(theta, (1.0, 0.0), (-1.0, 1.0)), [theta])
+    assert torch.equal(grads, torch.tensor([[1.0, 0.0], [-1.0, 1.0]]))
+    assert torch.equal(theta.grad, torch.tensor([10.0, 20.0]))
+    write_gradient([theta], grads.sum(0))
+    assert torch.equal(theta.grad, torch.tensor([10.0, 21.0]))
+
+
+def test_task_gradients_treats_an_untouched_parameter_as_zero():
+    used, unused = nn.Parameter(torch.ones(2)), nn.Parameter(torch.ones(3))
+    grads, _ = task_gradients({"a": (used * 2).sum(), "b": used.sum()}, [used, unused])
+    assert torch.equal(grads, torch.tensor([[2.0, 2, 0, 0, 0], [1, 1, 0, 0, 0]]))
+
+
+def linear_losses(theta: nn.Parameter, *directions) -> dict[str, torch.Tensor]:
+    """loss_i = theta . g_i, so the shared gradient of task i is exactly g_i."""
+    return {f"t{i}": theta @ torch.tensor(g) for i, g in enumerate(directions)}
+
+
+def test_pcgrad_backward_writes_the_projected_sum():
+    theta = nn.Parameter(torch.zeros(2))
+    method = pcgrad_method.build(LossWeightingConfig(name="pcgrad"), ["t0", "t1"], 10)
+    assert method.needs_all_tasks and method.parameters() == []
+    method.backward(linear_losses(theta, (1.0, 0.0), (-1.0, 1.0)), [theta])
+    assert torch.allclose(theta.grad, torch.tensor([0.5, 1.5]))
+    assert method.weights() == {"t0": 1.0, "t1": 1.0}
+
+
+def test_cagrad_backward_writes_the_update_and_reports_weights():
+    theta = nn.Parameter(torch.zeros(2))
+    method = cagrad_method.build(LossWeightingConfig(name="cagrad", c=0.5), ["t0", "t1"], 10)
+    method.backward(linear_losses(theta, (1.0, 0.0), (0.0, 1.0)), [theta])
+    assert torch.allclose(theta.grad, torch.tensor([0.6, 0.6]), atol=1e-6)
+    assert method.weights() == pytest.approx({"t0": 1.0, "t1": 1.0}, abs=1e-5)
+
+    # g1 is the task the mean serves worst here (g0.g1 = 0), so the dual weight goes to it: w* = (1, 0).
+    theta.grad = None
+    method.backward(linear_losses(theta, (1.0, 0.0), (-1.0, 1.0)), [theta])
+    assert method.weights() == pytest.approx({"t0": 2.0, "t1": 0.0}, abs=1e-5)
+
+
+@pytest.mark.parametrize("name", ["pcgrad", "cagrad"])
+def test_backward_on_the_toy_model(name):
+    model = Toy()
+    shared = list(model.shared.parameters())
+    ref_grads, _ = task_gradients(model.losses(), shared)
+    heads_grad = model.heads["b"].weight.grad.clone()
+    model.zero_grad(set_to_none=True)
+
+    method = get(name).build(LossWeightingConfig(name=name, c=0.4), ["a", "b"], 10)
+    method.backward(model.losses(), shared)
+    expected = pcgrad(ref_grads, gen()) if name == "pcgrad" else cagrad(ref_grads, 0.4)
+    assert torch.allclose(model.shared.weight.grad, expected[:12].reshape(3, 4))
+    assert torch.allclose(model.shared.bias.grad, expected[12:])
+    assert torch.allclose(model.heads["b"].weight.grad, heads_grad)
+
+
+def test_pcgrad_state_dict_restores_the_shuffle():
+    grads = t((1.0, 0.0), (0.0, 1.0), (-1.0, -1.0))
+    a = pcgrad_method.build(LossWeightingConfig(name="pcgrad"), ["x", "y", "z"], 10)
+    pcgrad(grads, a.generator)
+    state = a.state_dict()
+    b = pcgrad_method.build(LossWeightingConfig(name="pcgrad"), ["x", "y", "z"], 10)
+    b.load_state_dict(state)
+    for _ in range(5):
+        assert torch.equal(pcgrad(grads, a.generator), pcgrad(grads, b.generator))
+
+
+def test_configs_compose():
+    assert compose_typed(["loss_weighting=pcgrad"]).loss_weighting.name == "pcgrad"
+    lw = compose_typed(["loss_weighting=cagrad"]).loss_weighting
+    assert (lw.name, lw.c) == ("cagrad", 0.5)
+    assert compose_typed(["loss_weighting=cagrad", "loss_weighting.c=0.25"]).loss_weighting.c == 0.25
