@@ -2,6 +2,8 @@
 
     mtl train [-m] [hydra overrides]     e.g. mtl train task=sentences/yelp+sentences/imdb
     mtl eval RUN_DIR [split=test] [checkpoint=best] [tasks=a+b] [data_root=...]
+    mtl transfer [overrides] [seeds=[..]] single-task baselines vs the multi-task run
+    mtl report FOLDER                    one table and plot across the runs under FOLDER
     mtl data check [overrides]           counts, labels, empty/over-long texts, duplicates, leakage
     mtl tasks                            the built-in task configs
 
@@ -24,6 +26,11 @@ commands:
                               (mtl train --help lists the config groups; -m runs a sweep)
   eval RUN_DIR [key=value]    evaluate a run's checkpoint: split=test|validation checkpoint=best|last
                               tasks=a+b data_root=DIR batch_size=N; RUN_DIR may be `latest`
+  transfer [overrides] [seeds=[1,2,3]]
+                              single-task baselines vs the multi-task run, per task and seed, with a
+                              report (transfer.md/.png); e.g. mtl transfer task=sentences/yelp+sentences/imdb
+                              data_root=../shared/data seeds=[1,2,3]
+  report FOLDER [split=test]  one table and plot across the runs under FOLDER (e.g. a multirun sweep)
   data check [overrides...]   check the tasks' data: counts, label distribution, empty and over-long
                               texts, duplicates, train/test overlap within and across tasks;
                               e.g. mtl data check task=emotion+sentences/yelp data_root=../shared/data
@@ -106,7 +113,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"mtl {__version__}")
         return
     command, rest = argv[0], argv[1:]
-    commands = {"train": train_command, "eval": eval_command, "data": data_command, "tasks": tasks_command}
+    commands = {
+        "train": train_command, "eval": eval_command, "transfer": transfer_command, "report": report_command,
+        "data": data_command, "tasks": tasks_command,
+    }  # fmt: skip
     if command not in commands:
         fail(f"unknown command '{command}'; use one of: {', '.join(commands)} (mtl --help)")
     commands[command](rest)
@@ -166,7 +176,7 @@ def parse_key_values(args: list[str], allowed: dict[str, str]) -> dict[str, str]
     for arg in args:
         key, sep, value = arg.partition("=")
         if not sep or key not in allowed:
-            fail(f"unknown argument '{arg}'; mtl eval takes " + ", ".join(f"{k}=<{v}>" for k, v in allowed.items()))
+            fail(f"unknown argument '{arg}'; this command takes " + ", ".join(f"{k}=<{v}>" for k, v in allowed.items()))
         out[key] = value
     return out
 
@@ -231,6 +241,53 @@ def data_command(args: list[str]) -> None:
         composed = compose_config(overrides, flags.get("--config-dir") or flags.get("-cd"))
         check_task_names(overrides, composed)
         run_data_check(to_typed(composed), Path(flags.get("--out") or "data_check.json"), full=True)
+    except MtlError as err:
+        fail(str(err))
+
+
+def transfer_command(args: list[str]) -> None:
+    if any(a in ("-h", "--help") for a in args):
+        print("usage: mtl transfer [task=a+b+c] [other overrides] [seeds=[1,2,3]] [--config-dir DIR]")
+        return
+    from mtl_cli.compose import check_overrides, compose_config
+    from mtl_cli.config import to_typed
+    from mtl_cli.errors import MtlError
+    from mtl_cli.transfer import parse_seeds, run_transfer
+
+    seeds, overrides, flags = [42], [], {}
+    it = iter(rewrite_overrides(args))
+    for arg in it:
+        if arg in ("--config-dir", "-cd"):
+            flags["--config-dir"] = next(it, "")
+        elif arg.startswith("seeds="):
+            seeds = None
+            seeds_text = arg.partition("=")[2]
+        elif arg.startswith("-"):
+            fail(f"unknown option '{arg}'; mtl transfer takes overrides, seeds=[...] and --config-dir DIR")
+        else:
+            overrides.append(arg)
+    try:
+        if seeds is None:
+            seeds = parse_seeds(seeds_text)
+        check_overrides(overrides, flags, multirun=False)
+        cfg = to_typed(compose_config(overrides, flags.get("--config-dir")))
+        if len(cfg.task) < 2:
+            raise MtlError(f"a transfer study needs at least two tasks; got {list(cfg.task)} (task=a+b)")
+        run_transfer(cfg, seeds, overrides)
+    except MtlError as err:
+        fail(str(err))
+
+
+def report_command(args: list[str]) -> None:
+    if not args or args[0] in ("-h", "--help"):
+        print("usage: mtl report FOLDER [split=test|validation]: a table and plot across the runs under FOLDER")
+        return
+    opts = parse_key_values(args[1:], {"split": "test|validation"})
+    from mtl_cli.errors import MtlError
+    from mtl_cli.report import report_command as run_report
+
+    try:
+        run_report(args[0], split=opts.get("split", "test"))
     except MtlError as err:
         fail(str(err))
 

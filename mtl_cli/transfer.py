@@ -1,0 +1,210 @@
+"""`mtl transfer`: does training the tasks together help each task, or hurt it?
+
+For every seed: one multi-task run, then one single-task run per task with the same encoder,
+settings and seed, trained on exactly as many examples of its task as the multi-task run saw
+(its `examples_seen`). The report compares each task's main test metric, single vs multi.
+
+Baselines are cached under `<runs_root>/baselines/<key>/`, the key hashing everything that
+decides the baseline (task data and settings, encoder, sharing, trainer settings incl. the step
+budget, seed), so a second study with the same settings reuses them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import statistics
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from mtl_cli.config import MtlConfig, task_names_label
+from mtl_cli.errors import MtlError
+
+ALPHA = 0.05  # Welch's t-test level for calling a difference significant
+
+
+def baseline_config(cfg: MtlConfig, task: str, examples: int, evals: int, seed: int) -> MtlConfig:
+    """A single-task copy of `cfg` that sees `examples` examples of `task` (whole batches) and is
+    evaluated as often as the multi-task run (`evals` times), so both pick a best checkpoint alike."""
+    single = OmegaConf.to_object(OmegaConf.structured(cfg))
+    single.task = {task: single.task[task]}
+    single.seed = seed
+    single.mixing = type(single.mixing)()  # one task: mixing is moot; defaults keep the key stable
+    single.loss_weighting = type(single.loss_weighting)()
+    steps = max(1, math.ceil(examples / single.trainer.batch_size))
+    single.trainer.max_steps = steps
+    single.trainer.eval_every = max(1, steps // max(evals, 1))
+    return single
+
+
+def cache_key(cfg: MtlConfig) -> str:
+    settings = OmegaConf.to_container(OmegaConf.structured(cfg))
+    settings.pop("runs_root", None)
+    settings["trainer"].pop("progress", None)
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def cached_run(root: Path, key: str) -> Path | None:
+    for run in sorted(root.glob(f"{key}*")):
+        if (run / "results.json").is_file():
+            return run
+    return None
+
+
+def main_metric(cfg: MtlConfig, task: str) -> str:
+    from mtl_cli import task_types
+
+    return task_types.get(cfg.task[task].type).MAIN_METRIC
+
+
+def run_transfer(cfg: MtlConfig, seeds: list[int], overrides: list[str] | None = None) -> dict:
+    """Train (or reuse) every run of the study and write the report; returns the report dict."""
+    from mtl_cli.train import train
+
+    runs_root = Path(cfg.runs_root)
+    now = datetime.now()
+    out = runs_root / "transfer" / now.strftime("%Y-%m-%d") / f"{now.strftime('%H-%M-%S')}_{task_names_label(cfg.task)}"
+    out.mkdir(parents=True, exist_ok=False)
+    baselines_root = runs_root / "baselines"
+    record: dict[str, Any] = {"tasks": list(cfg.task), "seeds": seeds, "multi": {}, "single": {}}
+    for seed in seeds:
+        multi_cfg = OmegaConf.to_object(OmegaConf.structured(cfg))
+        multi_cfg.seed = seed
+        multi = train(multi_cfg, run_dir=out / f"multi_seed{seed}", overrides=overrides)
+        run_dir = Path(multi["run_dir"])
+        state = json.loads((run_dir / "checkpoints" / "last" / "trainer_state.json").read_text())
+        evals = len({json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()})
+        record["multi"][seed] = {"run_dir": multi["run_dir"], "results": multi["results"]}
+        for task in cfg.task:
+            single_cfg = baseline_config(cfg, task, state["examples_seen"][task], evals, seed)
+            key = cache_key(single_cfg)
+            run = cached_run(baselines_root, key)
+            reused = run is not None
+            if run is None:
+                run = Path(train(single_cfg, run_dir=baselines_root / key)["run_dir"])
+            results = json.loads((run / "results.json").read_text())
+            record["single"].setdefault(task, {})[seed] = {"run_dir": str(run), "reused": reused, "results": results}
+    report = summarise(cfg, record)
+    write_report(out, report)
+    return report
+
+
+def summarise(cfg: MtlConfig, record: dict) -> dict:
+    """Per task: single and multi main metric (mean, std over seeds), difference, verdict."""
+    from scipy import stats
+
+    rows = []
+    for task in record["tasks"]:
+        metric = main_metric(cfg, task)
+        single = [record["single"][task][s]["results"][task][metric] for s in record["seeds"]]
+        multi = [record["multi"][s]["results"][task][metric] for s in record["seeds"]]
+        diff = statistics.mean(multi) - statistics.mean(single)
+        row = {
+            "task": task, "metric": metric, "seeds": len(single),
+            "single_mean": statistics.mean(single), "single_std": statistics.stdev(single) if len(single) > 1 else None,
+            "multi_mean": statistics.mean(multi), "multi_std": statistics.stdev(multi) if len(multi) > 1 else None,
+            "difference": diff, "transfer": "positive" if diff > 0 else "negative" if diff < 0 else "none",
+        }  # fmt: skip
+        if len(single) > 1:
+            # Welch's t-test: the two arms may differ in variance; identical samples give no evidence.
+            same = single == multi or (statistics.pstdev(single) == 0 and statistics.pstdev(multi) == 0)
+            p = 1.0 if same else float(stats.ttest_ind(multi, single, equal_var=False).pvalue)
+            row["p_value"] = p if math.isfinite(p) else 1.0
+            row["significant"] = row["p_value"] < ALPHA
+        else:
+            row["p_value"], row["significant"] = None, None
+        rows.append(row)
+    return {"rows": rows, "test": f"Welch's t-test over seeds, p < {ALPHA}", **record}
+
+
+def _cell(mean: float, std: float | None) -> str:
+    return f"{mean:.4f}" if std is None else f"{mean:.4f} ± {std:.4f}"
+
+
+def verdict(row: dict) -> str:
+    if row["significant"] is None:
+        return f"{row['transfer']} (one seed: no significance test)"
+    return f"{row['transfer']}, {'significant' if row['significant'] else 'within seed noise'} (p={row['p_value']:.3f})"
+
+
+def write_report(out: Path, report: dict) -> None:
+    from mtl_cli.rundir import rows_to_csv, rows_to_markdown, write_json
+
+    table = [
+        {
+            "task": r["task"], "metric": r["metric"], "single-task": _cell(r["single_mean"], r["single_std"]),
+            "multi-task": _cell(r["multi_mean"], r["multi_std"]), "difference": f"{r['difference']:+.4f}",
+            "transfer": verdict(r),
+        }
+        for r in report["rows"]
+    ]  # fmt: skip
+    seeds = ", ".join(map(str, report["seeds"]))
+    header = (
+        f"Transfer report: main test metric of each task trained alone vs together (seeds {seeds}).\n"
+        f"Significance: {report['test']}. Single-task runs saw as many examples of their task as the\n"
+        f"multi-task run did.\n\n"
+    )
+    (out / "transfer.md").write_text(header + rows_to_markdown(table), encoding="utf-8")
+    (out / "transfer.csv").write_text(rows_to_csv(report["rows"]), encoding="utf-8")
+    write_json(out / "transfer.json", report)
+    bar_chart(report, out / "transfer.png")
+    print_transfer(table, out)
+
+
+def bar_chart(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["rows"]
+    x = range(len(rows))
+    fig, ax = plt.subplots(figsize=(max(4, 1.6 * len(rows) + 1), 3.5))
+    for offset, arm, color in ((-0.2, "single", "#9aa5b1"), (0.2, "multi", "#2f6db3")):
+        means = [r[f"{arm}_mean"] for r in rows]
+        errs = [r[f"{arm}_std"] or 0 for r in rows]
+        ax.bar([i + offset for i in x], means, 0.4, yerr=errs, capsize=3, color=color, label=f"{arm}-task")
+    for i, r in enumerate(rows):
+        mark = "*" if r["significant"] else ""
+        ax.annotate(f"{r['difference']:+.3f}{mark}", (i, max(r["single_mean"], r["multi_mean"])), ha="center",
+                    va="bottom", xytext=(0, 6), textcoords="offset points", fontsize=8)  # fmt: skip
+    ax.set_xticks(list(x), [f"{r['task']}\n({r['metric']})" for r in rows])
+    ax.set_ylabel("test metric")
+    ax.set_title("single- vs multi-task (* significant)")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def print_transfer(table: list[dict], out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"transfer: {out}")
+    for col in table[0]:
+        t.add_column(col, justify="left" if col in ("task", "metric", "transfer") else "right")
+    for row in table:
+        style = (
+            "green"
+            if row["transfer"].startswith("positive")
+            else "red"
+            if row["transfer"].startswith("negative")
+            else None
+        )
+        t.add_row(*[str(v) for v in row.values()], style=style)
+    Console().print(t)
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.strip("[]").split(",") if s.strip()]
+    except ValueError:
+        raise MtlError(f"seeds must be a list of integers, e.g. seeds=[1,2,3]; got seeds={text}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise MtlError(f"seeds must name at least one seed, each once; got seeds={text}")
+    return seeds
