@@ -91,8 +91,8 @@ def check_overrides(overrides: list[str], flags: dict[str, str], multirun: bool)
                 values = list(override.sweep_string_iterator())
             except Exception:  # glob and interval sweeps need a sweeper to expand; Hydra checks them
                 continue
-            prefix = text[: len(text) - len(text.lstrip("+~"))]
-            choices.append([f"{prefix}{override.get_key_element()}={v}" for v in values])
+            # get_key_element() keeps the +/++/~ prefix of the override
+            choices.append([f"{override.get_key_element()}={v}" for v in values])
         else:
             choices.append([text])
     firsts = [c[0] for c in choices]

@@ -167,6 +167,10 @@ class TrainerConfig:
     # task type's main metric (accuracy, entity F1, Pearson, micro-F1); auxiliary MLM tasks are
     # left out. Any metric name (e.g. macro_f1) averages that metric over the tasks that have it.
     best_metric: str = "main"
+    # Per-task early stopping: a task whose main validation metric has not improved for this many
+    # evaluations stops being sampled (its head keeps its best weights); null: never.
+    early_stopping_patience: int | None = None
+    early_stopping_min_delta: float = 0.0
     # Torch intra-op threads; None keeps torch's default (one per core).
     threads: int | None = None
     # "auto" uses a GPU when one is visible, else the CPU.
@@ -291,6 +295,11 @@ def validate(cfg: MtlConfig) -> None:
             f"loss_weighting={lw.name} acts on the shared encoder's gradients, and sharing=adapters freezes it; "
             "set sharing.train_encoder=true or choose another loss_weighting"
         )
+    if lw.name == "gradnorm" and cfg.trainer.early_stopping_patience is not None:
+        raise MtlError(
+            "loss_weighting=gradnorm balances every task at every step, so tasks cannot stop early: "
+            "drop trainer.early_stopping_patience or choose another loss_weighting"
+        )
     unknown = set(lw.weights) - set(cfg.task)
     if unknown:
         raise MtlError(f"`loss_weighting.weights` names unknown task(s) {sorted(unknown)}; tasks: {list(cfg.task)}")
@@ -311,5 +320,7 @@ def validate(cfg: MtlConfig) -> None:
         raise MtlError(f"`trainer.warmup_ratio` must be in [0, 1]; got {t.warmup_ratio}")
     if t.weight_decay < 0 or t.max_grad_norm < 0:
         raise MtlError("`trainer.weight_decay` and `trainer.max_grad_norm` must not be negative")
+    if t.early_stopping_patience is not None and t.early_stopping_patience < 1:
+        raise MtlError(f"`trainer.early_stopping_patience` must be >= 1 or null; got {t.early_stopping_patience}")
     if not t.best_metric:
         raise MtlError("`trainer.best_metric` must be `main` (each task's main metric) or a metric name")

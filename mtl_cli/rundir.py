@@ -207,7 +207,7 @@ def print_table(rows: list[dict], title: str) -> None:
     from rich.table import Table
 
     table = Table(title=title)
-    cols = [c for c in rows[0] if c != "best_step"]
+    cols = list(rows[0])
     splits = list(dict.fromkeys(c.split("_", 1)[0] for c in cols if "_" in c and c.split("_", 1)[0] in SPLIT_NAMES))
     metric_cols = [c for c in cols if c.split("_", 1)[0] in splits]
     if len([c for c in metric_cols if not c.endswith("_main")]) <= 6:

@@ -208,6 +208,15 @@ class TrainLoop:
         self.opt, self.sched, self.sampler, self.batches, self.data = opt, sched, sampler, batches, data
         self.device, self.weighting = device, weighting
         self.shared = model.shared_parameters()
+        from mtl_cli import task_types
+        from mtl_cli.early_stopping import TaskEarlyStopping
+
+        # Auxiliary tasks (MLM) are not early-stopped: they train until every main task has stopped.
+        self.aux = [n for n, tc in cfg.task.items() if task_types.get(tc.type).AUXILIARY]
+        main = [n for n in cfg.task if n not in self.aux]
+        t = cfg.trainer
+        self.stopping = TaskEarlyStopping(main, t.early_stopping_patience, t.early_stopping_min_delta)
+        self.per_task_best = t.early_stopping_patience is not None
         # Checkpoints leave frozen parameters out; they name the base encoder to rebuild them from.
         frozen = any(not p.requires_grad for p in model.parameters())
         self.base = base_reference(cfg) if frozen else None
@@ -221,7 +230,10 @@ class TrainLoop:
 
         from mtl_cli import task_types
 
-        step_tasks = list(self.batches) if self.weighting.needs_all_tasks else [self.sampler.next_task()]
+        if self.weighting.needs_all_tasks:
+            step_tasks = [t for t in self.batches if t in self.stopping.active() or t in self.aux]
+        else:
+            step_tasks = [self.sampler.next_task()]
         losses = {}
         for task in step_tasks:
             batch = {k: v.to(self.device) for k, v in self.batches[task].next_batch().items()}
@@ -286,6 +298,9 @@ class TrainLoop:
                     log.info("step %d loss %s %.1f ex/s", self.step, losses, rate)
                 if self.step % eval_every == 0 or self.step == total_steps:
                     self.evaluate_and_save()
+                    if self.per_task_best and self.stopping.all_stopped():
+                        log.info("every task stopped early; training ends at step %d", self.step)
+                        break
 
     def main_metric(self, task: str, metrics: dict) -> float:
         from mtl_cli import task_types
@@ -315,6 +330,23 @@ class TrainLoop:
                 f"`trainer.best_metric={t.best_metric}` is not a metric of these tasks; "
                 f"use main or one of {sorted(results['average'])}"
             )
+        scores = {task: self.main_metric(task, results[task]) for task in self.stopping.active()}
+        newly = self.stopping.update(self.step, scores)
+        if self.per_task_best:
+            # Each task's own best point gets a full checkpoint, so its figures can be reproduced exactly.
+            for task in scores:
+                if self.stopping.improved(task):
+                    save_checkpoint(
+                        self.run_dir / "checkpoints" / f"best-{task}", self.model, self.tokenizer, self.labels,
+                        {"step": self.step, "task": task, "score": scores[task]}, None, self.base,
+                    )  # fmt: skip
+        if newly:
+            best = self.stopping.best()
+            log.info(
+                "early stopping: %s stopped at step %d (best %s); the other tasks go on",
+                newly, self.step, {n: {"score": round(best[n][0], 4), "step": best[n][1]} for n in newly},
+            )  # fmt: skip
+            self.sampler.set_active(self.stopping.active() + self.aux)
         epochs = self.epochs_seen()
         diag = self.diagnostics()
         records = []
@@ -323,6 +355,7 @@ class TrainLoop:
             if task in self.seen:
                 rec.update(train_loss=self.running_loss.get(task), examples_seen=self.seen[task], epochs=epochs[task])
                 rec["weight"] = diag["weights"].get(task)
+                rec["stopped"] = task in self.stopping.stopped()
                 if "gates" in diag:
                     rec["gates"] = diag["gates"].get(task)
             records.append(rec)
@@ -350,6 +383,7 @@ class TrainLoop:
             "batches": {n: b.state_dict() for n, b in self.batches.items()},
             "sampler": self.sampler.state_dict(),
             "task_weights": diag["weights"],
+            "early_stopping": self.stopping.state_dict(),
         }
         if score > self.best_score:
             self.best_score, self.best_step = score, self.step
@@ -377,32 +411,55 @@ class TrainLoop:
 
 
 def finish(loop: TrainLoop, tasks: dict) -> dict:
-    """Evaluate the best checkpoint on validation and test; write the tables and results.json."""
+    """Evaluate the best checkpoint(s) on validation and test; write the tables, curves and results.json.
+
+    With per-task early stopping each task is scored with its own best checkpoint (`best-<task>`),
+    and the table says which step each task's figures come from.
+    """
+    from mtl_cli import task_types
+    from mtl_cli.evaluate import average
+    from mtl_cli.plots import training_curves
     from mtl_cli.rundir import load_weights, print_table, rows_to_csv, rows_to_markdown, table_rows, write_json
 
     run_dir = loop.run_dir
     load_weights(loop.model, run_dir / "checkpoints" / "best")
     results = {split: loop.evaluate(split) for split in ("validation", "test")}
+    steps = dict.fromkeys(tasks, loop.best_step)
+    if loop.per_task_best:
+        types = {n: tc.type for n, tc in loop.cfg.task.items()}
+        for task, (_, step) in loop.stopping.best().items():
+            load_weights(loop.model, run_dir / "checkpoints" / f"best-{task}")
+            for split, per_task in results.items():
+                per_task[task] = loop.evaluate(split, [task])[task]
+            steps[task] = step
+        for per_task in results.values():
+            per_task["average"] = average({t: r for t, r in per_task.items() if t != "average"}, types)
     epochs = loop.epochs_seen()
     extra = {
         n: {
             "train_examples": loop.batches[n].size,
             "examples_seen": loop.seen[n],
             "epochs": round(epochs[n], 2),
+            "best_step": steps[n],
+            **({"stopped_at": loop.stopping.stopped().get(n)} if loop.per_task_best else {}),
         }
         for n in tasks
     }
     rows = table_rows(results, extra)
-    for row in rows:
-        row["best_step"] = loop.best_step
+    what = (
+        "each task's own best checkpoint (best_step)"
+        if loop.per_task_best
+        else f"checkpoints/best (step {loop.best_step})"
+    )
     (run_dir / "metrics.md").write_text(
-        f"Per-task metrics of checkpoints/best (step {loop.best_step} of {loop.step}).\n\n" + rows_to_markdown(rows),
-        encoding="utf-8",
+        f"Per-task metrics of {what}; {loop.step} steps trained.\n\n" + rows_to_markdown(rows), encoding="utf-8"
     )
     (run_dir / "metrics.csv").write_text(rows_to_csv(rows), encoding="utf-8")
     test = {task: {m: v for m, v in metrics.items() if m != "loss"} for task, metrics in results["test"].items()}
     write_json(run_dir / "results.json", test)
-    print_table(rows, f"{run_dir} (best step {loop.best_step})")
-    log.info("results (test split, best checkpoint): %s", test)
+    mains = {n: task_types.get(tc.type).MAIN_METRIC for n, tc in loop.cfg.task.items()}
+    training_curves(run_dir / "metrics.jsonl", run_dir / "curves.png", mains)
+    print_table(rows, f"{run_dir} ({what})")
+    log.info("results (test split): %s", test)
     log.info("done: %s", run_dir)
     return {"run_dir": str(run_dir), "results": test, "validation": results["validation"], "best_step": loop.best_step}

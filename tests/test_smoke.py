@@ -19,7 +19,7 @@ from tests.conftest import run_dirs, run_mtl
 CHECKPOINT = {"model.safetensors", "encoder/config.json", "labels.json", "trainer_state.json"}
 RUN_FILES = {
     "config.yaml", "overrides.yaml", "train.log", "data_check.json", "parameters.json",
-    "metrics.jsonl", "metrics.md", "metrics.csv", "results.json",
+    "metrics.jsonl", "metrics.md", "metrics.csv", "results.json", "curves.png",
 }  # fmt: skip
 TASKS = ["restaurants", "electronics"]
 

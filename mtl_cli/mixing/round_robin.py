@@ -9,6 +9,7 @@ from mtl_cli.config import MixingConfig
 
 class RoundRobinSampler:
     def __init__(self, tasks: list[str]) -> None:
+        self._all = list(tasks)
         self._tasks = list(tasks)
         self._index = 0
         self.probabilities = {name: 1.0 / len(self._tasks) for name in self._tasks}
@@ -17,6 +18,9 @@ class RoundRobinSampler:
         task = self._tasks[self._index % len(self._tasks)]
         self._index += 1
         return task
+
+    def set_active(self, active: list[str]) -> None:
+        self._tasks = [t for t in self._all if t in active]
 
     def state_dict(self) -> dict[str, Any]:
         return {"index": self._index}
