@@ -311,14 +311,13 @@ class TrainLoop:
     def epochs_seen(self) -> dict[str, float]:
         return {n: self.seen[n] / max(self.batches[n].size, 1) for n in self.seen}
 
-    def evaluate(self, split: str) -> dict:
+    def evaluate(self, split: str, tasks: list[str] | None = None) -> dict:
         from mtl_cli.evaluate import evaluate
 
         types = {n: tc.type for n, tc in self.cfg.task.items()}
+        data = {n: d for n, d in self.data[split].items() if tasks is None or n in tasks}
         t = self.cfg.trainer
-        return evaluate(
-            self.model, self.data[split], types, self.labels, t.eval_batch_size, self.tokenizer.pad_token_id
-        )
+        return evaluate(self.model, data, types, self.labels, t.eval_batch_size, self.tokenizer.pad_token_id)
 
     def evaluate_and_save(self) -> None:
         from mtl_cli.rundir import append_jsonl, save_checkpoint
@@ -346,7 +345,8 @@ class TrainLoop:
                 "early stopping: %s stopped at step %d (best %s); the other tasks go on",
                 newly, self.step, {n: {"score": round(best[n][0], 4), "step": best[n][1]} for n in newly},
             )  # fmt: skip
-            self.sampler.set_active(self.stopping.active() + self.aux)
+            if not self.stopping.all_stopped():  # otherwise the run ends after this evaluation
+                self.sampler.set_active(self.stopping.active() + self.aux)
         epochs = self.epochs_seen()
         diag = self.diagnostics()
         records = []

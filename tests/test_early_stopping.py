@@ -217,3 +217,30 @@ def test_training_curves_without_records(tmp_path: Path) -> None:
     empty.write_text("", encoding="utf-8")
     with pytest.raises(MtlError, match="no validation records"):
         training_curves(empty, tmp_path / "curves.png", {})
+
+
+def test_tasks_stop_early_in_a_real_run_and_keep_their_best_checkpoints(tmp_path: Path) -> None:
+    """With a learning rate too small to move the metrics, no task improves after its first
+    evaluation: with patience 2 both stop at the third evaluation and the run ends there."""
+    import csv
+
+    from mtl_cli.compose import compose_config
+    from mtl_cli.train import train
+
+    overrides = [
+        "task=[demo/restaurants,demo/electronics]", "encoder=tiny", "trainer.max_steps=40", "trainer.eval_every=2",
+        "trainer.batch_size=4", "trainer.lr=1e-12", "trainer.warmup_ratio=0", "trainer.early_stopping_patience=2",
+        f"runs_root={tmp_path}", "trainer.progress=false",
+    ]  # fmt: skip
+    run = Path(train(compose_config(overrides))["run_dir"])
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert max(r["step"] for r in records) == 6  # evaluations at 2, 4, 6; then every task had stopped
+    last = {r["task"]: r for r in records if r["step"] == 6}
+    assert last["restaurants"]["stopped"] and last["electronics"]["stopped"]
+    assert not any(r.get("stopped") for r in records if r["step"] < 6)
+    for task in ("restaurants", "electronics"):
+        assert (run / "checkpoints" / f"best-{task}" / "model.safetensors").is_file()
+    rows = {r["task"]: r for r in csv.DictReader((run / "metrics.csv").open())}
+    assert rows["restaurants"]["best_step"] == "2" and rows["restaurants"]["stopped_at"] == "6"
+    assert "every task stopped early" in (run / "train.log").read_text()
+    assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"

@@ -171,3 +171,13 @@ def test_every_strategy_has_a_config_file_and_vice_versa() -> None:
         if stem == "weights":
             merged.weights = {"yelp": 0.3, "imdb": 0.7}
         check_config(merged, ["yelp", "imdb"])
+
+
+def test_set_active_stops_drawing_stopped_tasks() -> None:
+    sampler = build_sampler(MixingConfig(name="proportional"), {"a": 100, "b": 300, "c": 600}, seed=0)
+    sampler.set_active(["a", "c"])
+    assert sampler.probabilities == pytest.approx({"a": 100 / 700, "b": 0.0, "c": 600 / 700})
+    assert "b" not in draw(sampler, 2000)
+    robin = build_sampler(MixingConfig(name="round_robin"), {"a": 1, "b": 1, "c": 1}, seed=0)
+    robin.set_active(["a", "c"])
+    assert draw(robin, 4) == ["a", "c", "a", "c"]

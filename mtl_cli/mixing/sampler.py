@@ -46,12 +46,22 @@ class RandomSampler:
     """Draws each batch's task independently from fixed probabilities."""
 
     def __init__(self, probabilities: dict[str, float], seed: int) -> None:
+        self._configured = dict(probabilities)
+        self._rng = np.random.Generator(np.random.PCG64(seed))
+        self._use(self._configured)
+
+    def _use(self, probabilities: dict[str, float]) -> None:
         self.probabilities = dict(probabilities)
         # Zero-probability tasks are left out of the table so rounding can never pick them.
         drawable = [(name, p) for name, p in self.probabilities.items() if p > 0]
         self._names = [name for name, _ in drawable]
         self._cumulative = list(itertools.accumulate(p for _, p in drawable))
-        self._rng = np.random.Generator(np.random.PCG64(seed))
+
+    def set_active(self, active: list[str]) -> None:
+        """Stop drawing tasks that stopped early; the others keep their relative shares."""
+        from mtl_cli.early_stopping import renormalise
+
+        self._use(renormalise(self._configured, active))
 
     def next_task(self) -> str:
         # One uniform draw plus a bisect is ~50x faster than Generator.choice per call.
