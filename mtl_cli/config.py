@@ -171,6 +171,11 @@ class TrainerConfig:
     # evaluations stops being sampled (its head keeps its best weights); null: never.
     early_stopping_patience: int | None = None
     early_stopping_min_delta: float = 0.0
+    # Task affinity: every N steps, the cosine similarity of the tasks' gradients on the shared
+    # parameters (on validation batches; ~2-4% overhead at 50). 0 turns it off. With
+    # `affinity_lookahead_lr` also TAG's lookahead loss change (Fifty et al. 2021).
+    affinity_every: int = 50
+    affinity_lookahead_lr: float | None = None
     # Torch intra-op threads; None keeps torch's default (one per core).
     threads: int | None = None
     # "auto" uses a GPU when one is visible, else the CPU.
@@ -320,6 +325,8 @@ def validate(cfg: MtlConfig) -> None:
         raise MtlError(f"`trainer.warmup_ratio` must be in [0, 1]; got {t.warmup_ratio}")
     if t.weight_decay < 0 or t.max_grad_norm < 0:
         raise MtlError("`trainer.weight_decay` and `trainer.max_grad_norm` must not be negative")
+    if t.affinity_every < 0 or (t.affinity_lookahead_lr is not None and t.affinity_lookahead_lr <= 0):
+        raise MtlError("`trainer.affinity_every` must be >= 0 (0: off) and `trainer.affinity_lookahead_lr` positive")
     if t.early_stopping_patience is not None and t.early_stopping_patience < 1:
         raise MtlError(f"`trainer.early_stopping_patience` must be >= 1 or null; got {t.early_stopping_patience}")
     if not t.best_metric:

@@ -217,6 +217,7 @@ class TrainLoop:
         t = cfg.trainer
         self.stopping = TaskEarlyStopping(main, t.early_stopping_patience, t.early_stopping_min_delta)
         self.per_task_best = t.early_stopping_patience is not None
+        self.setup_affinity()
         # Checkpoints leave frozen parameters out; they name the base encoder to rebuild them from.
         frozen = any(not p.requires_grad for p in model.parameters())
         self.base = base_reference(cfg) if frozen else None
@@ -224,6 +225,35 @@ class TrainLoop:
         self.seen = {name: 0 for name in batches}
         self.best_score, self.best_step = -math.inf, 0
         self.running_loss: dict[str, float] = {}
+
+    def setup_affinity(self) -> None:
+        """Task-affinity measurements draw from seeded streams over each task's validation set,
+        so the training stream (and so training itself) is the same with or without them."""
+        from mtl_cli import task_types
+        from mtl_cli.affinity import AffinityRecorder
+        from mtl_cli.batches import TaskBatches
+
+        cfg, every = self.cfg, self.cfg.trainer.affinity_every
+        if len(self.batches) < 2 or not any(p.requires_grad for p in self.shared):
+            every = 0  # one task, or nothing shared is trained (adapters on a frozen encoder)
+        self.affinity = AffinityRecorder(self.run_dir, every)
+        self.affinity_batches = {
+            name: TaskBatches(
+                self.data["validation"][name], task_types.get(cfg.task[name].type).collate,
+                cfg.trainer.batch_size, self.tokenizer.pad_token_id, cfg.seed * 1000 + 500 + i,
+            )
+            for i, name in enumerate(self.batches)
+        }  # fmt: skip
+        self.affinity_losses = {n: task_types.get(cfg.task[n].type).loss for n in self.affinity_batches}
+
+    def measure_affinity(self) -> None:
+        from mtl_cli.affinity import measure_affinity
+
+        batches = {n: b.next_batch() for n, b in self.affinity_batches.items()}
+        lookahead = self.cfg.trainer.affinity_lookahead_lr
+        results = measure_affinity(self.model, batches, self.affinity_losses, self.shared, lookahead_lr=lookahead)
+        for kind, (tasks, matrix) in results.items():
+            self.affinity.record(self.step, tasks, matrix, kind)
 
     def train_step(self) -> list[str]:
         from torch.nn.utils import clip_grad_norm_
@@ -291,6 +321,8 @@ class TrainLoop:
             bar = progress.add_task("train", total=total_steps, info="")
             while self.step < total_steps:
                 self.train_step()
+                if self.affinity.due(self.step):
+                    self.measure_affinity()
                 rate = sum(self.seen.values()) / (time.perf_counter() - start)
                 losses = " ".join(f"{n}={v:.3f}" for n, v in self.running_loss.items())
                 progress.update(bar, advance=1, info=f"loss {losses} | {rate:.0f} ex/s")
@@ -459,6 +491,10 @@ def finish(loop: TrainLoop, tasks: dict) -> dict:
     write_json(run_dir / "results.json", test)
     mains = {n: task_types.get(tc.type).MAIN_METRIC for n, tc in loop.cfg.task.items()}
     training_curves(run_dir / "metrics.jsonl", run_dir / "curves.png", mains)
+    if loop.affinity.plot() is not None:
+        names, matrix = loop.affinity.summary()
+        log.info("task gradient cosines on the shared encoder, mean over the run: %s %s",
+                 names, [[round(v, 3) for v in row] for row in matrix])  # fmt: skip
     print_table(rows, f"{run_dir} ({what})")
     log.info("results (test split): %s", test)
     log.info("done: %s", run_dir)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -288,3 +289,26 @@ def test_recorder_takes_measure_affinity_output(tmp_path):
     assert tasks == ["a", "same", "neg", "other"] and mean[0][2] == pytest.approx(-1.0)
     assert rec.summary("lookahead")[1][0][2] < 0
     assert rec.plot().read_bytes()[:4] == b"\x89PNG"
+
+
+def test_affinity_is_recorded_during_a_real_run_without_changing_training(tmp_path) -> None:
+    """Measuring affinity draws from validation batches: the trained weights are identical without it."""
+    from safetensors.torch import load_file
+
+    from mtl_cli.compose import compose_config
+    from mtl_cli.train import train
+
+    base = [
+        "task=[demo/restaurants,demo/electronics]", "encoder=tiny", "trainer.max_steps=6", "trainer.eval_every=6",
+        "trainer.batch_size=4", "trainer.lr=1e-3", "trainer.progress=false", f"runs_root={tmp_path}",
+    ]  # fmt: skip
+    with_affinity = Path(train(compose_config([*base, "trainer.affinity_every=2"]))["run_dir"])
+    without = Path(train(compose_config([*base, "trainer.affinity_every=0"]))["run_dir"])
+    lines = [json.loads(line) for line in (with_affinity / "affinity.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [2, 4, 6] and lines[0]["tasks"] == ["restaurants", "electronics"]
+    assert all(r["matrix"][0][0] == pytest.approx(1.0) for r in lines)
+    assert (with_affinity / "affinity.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (without / "affinity.jsonl").exists()
+    a = load_file(with_affinity / "checkpoints" / "last" / "model.safetensors")
+    b = load_file(without / "checkpoints" / "last" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
