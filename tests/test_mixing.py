@@ -181,3 +181,12 @@ def test_set_active_stops_drawing_stopped_tasks() -> None:
     robin = build_sampler(MixingConfig(name="round_robin"), {"a": 1, "b": 1, "c": 1}, seed=0)
     robin.set_active(["a", "c"])
     assert draw(robin, 4) == ["a", "c", "a", "c"]
+
+
+def test_tasks_left_out_of_the_weights_share_the_remainder() -> None:
+    cfg = MixingConfig(name="weights", weights={"a": 0.1})
+    assert build_sampler(cfg, {"a": 10, "b": 10, "c": 10}, seed=0).probabilities == pytest.approx(
+        {"a": 0.1, "b": 0.45, "c": 0.45}
+    )
+    with pytest.raises(MtlError, match="leave nothing of 1"):
+        check_config(MixingConfig(name="weights", weights={"a": 1.0}), ["a", "b"])

@@ -15,7 +15,7 @@ from mtl_cli.mixing.round_robin import RoundRobinSampler, round_robin_sampler
 from mtl_cli.mixing.sampler import Builder, RandomSampler, TaskSampler, random_strategy
 from mtl_cli.mixing.temperature import temperature_probabilities
 from mtl_cli.mixing.uniform import uniform_probabilities
-from mtl_cli.mixing.weights import weight_probabilities
+from mtl_cli.mixing.weights import completed_weights, weight_probabilities
 
 __all__ = ["STRATEGIES", "RandomSampler", "RoundRobinSampler", "TaskSampler", "build_sampler", "check_config"]
 
@@ -49,14 +49,21 @@ def _check_weights(weights: dict[str, float], task_names: list[str]) -> None:
     for name in weights:
         if name not in task_names:
             raise MtlError(f"`mixing.weights` names unknown task {name!r}; tasks in this run: {list(task_names)}")
+    missing = [name for name in task_names if name not in weights]
+    if missing and not sum(weights.values()) < 1:
+        raise MtlError(
+            f"`mixing.weights` has no weight for task {missing[0]!r} and the others leave nothing of 1: "
+            f"set mixing.weights.{missing[0]}=<w>"
+        )
     for name in task_names:
         if name not in weights:
-            raise MtlError(f"`mixing.weights` has no weight for task {name!r}: set mixing.weights.{name}=<w>")
+            continue
         value = weights[name]
         if not (math.isfinite(value) and value >= 0):
             raise MtlError(f"`mixing.weights.{name}` must be a non-negative number; got {value:g}")
-    if not sum(weights.values()) > 0:
-        shown = ", ".join(f"{name}: {weights[name]:g}" for name in task_names)
+    full = completed_weights(weights, task_names)
+    if not sum(full.values()) > 0:
+        shown = ", ".join(f"{name}: {full[name]:g}" for name in task_names)
         raise MtlError(f"`mixing.weights` must sum to a positive number; got {{{shown}}}")
 
 
