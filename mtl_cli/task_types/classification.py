@@ -17,11 +17,7 @@ MAIN_METRIC = "accuracy"
 AUXILIARY = False
 
 
-def columns(cfg: TaskConfig) -> dict[str, str]:
-    roles = {"text": cfg.text_column, "label": cfg.label_column}
-    if cfg.text_pair_column:
-        roles["text_pair"] = cfg.text_pair_column
-    return roles
+columns = sequence.columns
 
 
 def prepare(name: str, cfg: TaskConfig, raw: Any) -> tuple[Any, list[str]]:

@@ -26,11 +26,7 @@ MAIN_METRIC = "micro_f1"
 AUXILIARY = False
 
 
-def columns(cfg: TaskConfig) -> dict[str, str]:
-    roles = {"text": cfg.text_column, "label": cfg.label_column}
-    if cfg.text_pair_column:
-        roles["text_pair"] = cfg.text_pair_column
-    return roles
+columns = sequence.columns
 
 
 def split_labels(cfg: TaskConfig, value: Any) -> list[str]:

@@ -19,11 +19,7 @@ MAIN_METRIC = "pearson"
 AUXILIARY = False
 
 
-def columns(cfg: TaskConfig) -> dict[str, str]:
-    roles = {"text": cfg.text_column, "label": cfg.label_column}
-    if cfg.text_pair_column:
-        roles["text_pair"] = cfg.text_pair_column
-    return roles
+columns = sequence.columns
 
 
 def to_float(cfg: TaskConfig, value: Any) -> float | None:

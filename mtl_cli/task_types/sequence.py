@@ -12,6 +12,13 @@ from mtl_cli.config import TaskConfig
 from mtl_cli.tokenization import encode_texts, pad_inputs
 
 
+def columns(cfg: TaskConfig) -> dict[str, str]:
+    roles = {"text": cfg.text_column, "label": cfg.label_column}
+    if cfg.text_pair_column:
+        roles["text_pair"] = cfg.text_pair_column
+    return roles
+
+
 def encode(batch: dict[str, list], tokenizer: Any, cfg: TaskConfig, labels: list[str] | None, marker_id=None) -> dict:
     enc = encode_texts(tokenizer, batch["text"], batch.get("text_pair"), cfg, marker_id)
     enc["labels"] = batch["label"]
