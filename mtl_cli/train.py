@@ -69,6 +69,8 @@ def setup_logging(run_dir: Path | None) -> None:
 
     log.setLevel(logging.INFO)
     log.propagate = False
+    # Hydra reconfigures logging before every job of a sweep, disabling loggers that already exist.
+    log.disabled = False
     for h in list(log.handlers):
         log.removeHandler(h)
         h.close()

@@ -168,3 +168,4 @@ def test_multirun_sweep_gives_each_job_its_own_run(tmp_path: Path) -> None:
     temps = sorted(OmegaConf.load(r / "config.yaml").mixing.temperature for r in runs)
     assert temps == [1.0, 4.0]
     assert all((r / "results.json").is_file() and (r / "metrics.md").is_file() for r in runs)
+    assert all("eval step 2" in (r / "train.log").read_text() for r in runs)  # every job logs, not only the first
