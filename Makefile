@@ -25,7 +25,7 @@ demo: install ## train and evaluate the offline demo (MiniLM, packaged reviews),
 	$(BIN)/mtl eval latest
 
 test: install ## run the whole test suite (real-data tests skip if ../shared/data is absent)
-	$(BIN)/pytest
+	$(BIN)/pytest --durations=10
 
 test-fast: install ## the suite without the slow (real-data, pretrained) tests
 	$(BIN)/pytest -m "not slow"

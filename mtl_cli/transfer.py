@@ -197,7 +197,10 @@ def print_transfer(table: list[dict], out: Path) -> None:
             else None
         )
         t.add_row(*[str(v) for v in row.values()], style=style)
-    Console().print(t)
+    console = Console()
+    if not console.is_terminal:
+        console.width = max(console.width, 120)
+    console.print(t)
 
 
 def parse_seeds(text: str) -> list[int]:
