@@ -254,23 +254,22 @@ def transfer_command(args: list[str]) -> None:
     from mtl_cli.errors import MtlError
     from mtl_cli.transfer import parse_seeds, run_transfer
 
-    seeds, overrides, flags = [42], [], {}
+    seeds_text, overrides, flags = None, [], {}
     it = iter(rewrite_overrides(args))
     for arg in it:
         if arg in ("--config-dir", "-cd"):
             flags["--config-dir"] = next(it, "")
         elif arg.startswith("seeds="):
-            seeds = None
             seeds_text = arg.partition("=")[2]
         elif arg.startswith("-"):
             fail(f"unknown option '{arg}'; mtl transfer takes overrides, seeds=[...] and --config-dir DIR")
         else:
             overrides.append(arg)
     try:
-        if seeds is None:
-            seeds = parse_seeds(seeds_text)
+        seeds = parse_seeds(seeds_text) if seeds_text is not None else None
         check_overrides(overrides, flags, multirun=False)
         cfg = to_typed(compose_config(overrides, flags.get("--config-dir")))
+        seeds = seeds or [cfg.seed]
         if len(cfg.task) < 2:
             raise MtlError(f"a transfer study needs at least two tasks; got {list(cfg.task)} (task=a+b)")
         run_transfer(cfg, seeds, overrides)

@@ -77,7 +77,7 @@ def test_transfer_study_on_three_sentiment_tasks(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     (out,) = (tmp_path / "runs" / "transfer").glob("*/*")
-    report = check_report(out, ["yelp", "imdb", "amazon"], [42])
+    report = check_report(out, ["yelp", "imdb", "amazon"], [42])  # the configured seed
     for row in report["rows"]:
         assert row["multi_mean"] > 0.6 and row["single_mean"] > 0.5  # MiniLM learns in both settings
         assert row["significant"] is None  # one seed: no significance claimed
