@@ -28,3 +28,12 @@ def run_mtl(*args: str, cwd: Path, env: dict | None = None, timeout: int = 600) 
 
 def run_dirs(root: Path) -> list[Path]:
     return sorted(p.parent for p in root.glob("**/config.yaml"))
+
+
+def write(path: Path, text: str | bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path

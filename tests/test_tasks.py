@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from mtl_cli.config import CONF_DIR, TaskConfig
 from mtl_cli.errors import MtlError
 from mtl_cli.tasks import load_task
+from tests.conftest import write
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SPLITS = ("train", "validation", "test")
@@ -29,15 +30,6 @@ TRICKY_TRAIN = [
     ('12" pizza, too small', 0),
     ("N/A", 0),
 ]
-
-
-def write(path: Path, text: str | bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(text, bytes):
-        path.write_bytes(text)
-    else:
-        path.write_text(text, encoding="utf-8")
-    return path
 
 
 def tsv(rows: list[tuple[str, object]]) -> str:

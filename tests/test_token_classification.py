@@ -15,6 +15,7 @@ from mtl_cli.config import TaskConfig
 from mtl_cli.errors import MtlError
 from mtl_cli.task_types import token_classification as tc
 from mtl_cli.tasks import load_task
+from tests.conftest import write
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 WNUT_TYPES = ("corporation", "creative-work", "group", "location", "person", "product")
@@ -28,15 +29,6 @@ TRAIN = (
     "ok\tO\n"
 )
 DEV = "Paris\tB-location\nis\tO\nnice\tO\n\nJohn\tB-person\nSmith\tI-person\n"
-
-
-def write(path: Path, text: str | bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(text, bytes):
-        path.write_bytes(text)
-    else:
-        path.write_text(text, encoding="utf-8")
-    return path
 
 
 def ner_cfg(files: dict[str, str], **overrides) -> TaskConfig:
