@@ -16,7 +16,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from mtl_cli.config import CONF_DIR, to_typed
-from mtl_cli.errors import MtlError
+from mtl_cli.errors import MtlError, first_line
 
 
 def known_options(group: str, extra_dirs: list[str] = ()) -> list[str]:
@@ -65,11 +65,11 @@ def describe_hydra_error(err: Exception, extra_dirs: list[str]) -> str:
         return f"unknown config key `{name}` (misspelt?); `mtl train --cfg job` shows the valid keys"
     merging = re.search(r"Error merging override (\S+)", text)
     if merging and cause is not None:
-        detail = str(cause).strip().splitlines()[0]
+        detail = first_line(cause)
         return f"bad value in override `{merging.group(1)}`: {detail}"
     if "ambiguous" in text.lower() or "sweep" in text.lower():
-        return f"{text.splitlines()[0]}; a sweep (a=1,2) needs -m: mtl train -m ..."
-    return text.splitlines()[0] if text else type(err).__name__
+        return f"{first_line(err)}; a sweep (a=1,2) needs -m: mtl train -m ..."
+    return first_line(err)
 
 
 def check_overrides(overrides: list[str], flags: dict[str, str], multirun: bool) -> None:
@@ -81,7 +81,7 @@ def check_overrides(overrides: list[str], flags: dict[str, str], multirun: bool)
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except Exception as err:
-        raise MtlError(f"cannot parse the overrides: {str(err).strip().splitlines()[0]}") from None
+        raise MtlError(f"cannot parse the overrides: {first_line(err)}") from None
     choices: list[list[str]] = []
     for text, override in zip(overrides, parsed, strict=True):
         if override.is_sweep_override():

@@ -14,7 +14,7 @@ from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from mtl_cli.errors import MtlError
+from mtl_cli.errors import MtlError, first_line
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 CONF_DIR = PACKAGE_DIR / "conf"
@@ -231,7 +231,7 @@ def to_typed(cfg: DictConfig) -> MtlConfig:
 
 def describe_config_error(err: Exception) -> str:
     """One line from an OmegaConf/Hydra error, naming the key to fix."""
-    msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    msg = first_line(err)
     key = getattr(err, "full_key", None)
     if key:
         return f"bad config value at `{key}`: {msg}; fix that override or YAML key"

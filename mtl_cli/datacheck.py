@@ -205,7 +205,7 @@ def load_tokenizer(encoder_cfg: Any) -> Any:
     from transformers.utils import logging as hf_logging
 
     from mtl_cli.encoders import resolve_source
-    from mtl_cli.errors import MtlError
+    from mtl_cli.errors import MtlError, first_line
     from mtl_cli.tasks import hub_offline_mode, hub_reachable
 
     hf_logging.set_verbosity_error()
@@ -219,9 +219,7 @@ def load_tokenizer(encoder_cfg: Any) -> Any:
             source, revision=encoder_cfg.revision, trust_remote_code=encoder_cfg.trust_remote_code
         )
     except (OSError, ValueError) as err:
-        raise MtlError(
-            f"could not load the tokenizer of '{encoder_cfg.name_or_path}' ({str(err).strip().splitlines()[0]})"
-        ) from None
+        raise MtlError(f"could not load the tokenizer of '{encoder_cfg.name_or_path}' ({first_line(err)})") from None
 
 
 def run_data_check(cfg: MtlConfig, out_path: Path | None = None, full: bool = True) -> dict:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mtl_cli.config import EncoderConfig
-from mtl_cli.errors import MtlError
+from mtl_cli.errors import MtlError, first_line
 from mtl_cli.tasks import hub_offline_mode, hub_reachable
 
 
@@ -50,7 +50,7 @@ def load_encoder(cfg: EncoderConfig) -> tuple[Any, Any]:
         else:
             model = AutoModel.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0]
+        first = first_line(err)
         raise MtlError(
             f"could not load encoder '{cfg.name_or_path}' ({first}); check encoder.name_or_path or use encoder=minilm"
         ) from None

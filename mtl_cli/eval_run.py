@@ -57,6 +57,7 @@ def evaluate_run(
     except MtlError as err:
         raise MtlError(f"{run_dir / 'config.yaml'} is not a valid mtl config: {err}") from None
     labels = json.loads((ckpt / "labels.json").read_text(encoding="utf-8"))
+    trained_tasks = dict(cfg.task)
     if tasks:
         unknown = [t for t in tasks if t not in cfg.task]
         if unknown:
@@ -72,19 +73,21 @@ def evaluate_run(
         if task.labels != labels.get(name):
             raise MtlError(f"task '{name}' now has labels {task.labels}, the checkpoint has {labels.get(name)}")
     encoder, tokenizer = encoder_from_checkpoint(ckpt)
-    if (ckpt / "base_encoder.json").is_file():
+    base = json.loads((ckpt / "base_encoder.json").read_text()) if (ckpt / "base_encoder.json").is_file() else None
+    if base is not None:
         # The checkpoint holds only what was trained (adapters, heads): rebuild the frozen base the
         # way training built it (same weights, or the same seed for a random-init base).
         import torch
 
         from mtl_cli.encoders import load_encoder
 
-        torch.manual_seed(json.loads((ckpt / "base_encoder.json").read_text())["seed"])
+        torch.manual_seed(base["seed"])
         encoder, _ = load_encoder(cfg.encoder)
         if encoder.get_input_embeddings().weight.shape[0] != len(tokenizer):
             encoder.resize_token_embeddings(len(tokenizer))
-    full_cfg = to_typed(OmegaConf.load(run_dir / "config.yaml"))  # every head, to match the weights
-    model = build_model(encoder, full_cfg.task, labels, cfg.sharing)
+    model = build_model(encoder, trained_tasks, labels, cfg.sharing)  # every head, to match the weights
+    if base is not None and hasattr(model.trunk, "check_base"):
+        model.trunk.check_base(base)
     load_weights(model, ckpt)
     model.to(device)
     data = tokenize_tasks(loaded, tokenizer)

@@ -22,7 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from mtl_cli.errors import MtlError
+from mtl_cli.errors import MtlError, first_line
 
 CHECKPOINT_FILES = ("model.safetensors", "labels.json", "trainer_state.json")
 
@@ -124,9 +124,7 @@ def load_weights(model: Any, ckpt: Path) -> None:
     try:
         weights = load_file(str(ckpt / "model.safetensors"))
     except Exception as err:
-        raise MtlError(
-            f"cannot read {ckpt / 'model.safetensors'} ({str(err).splitlines()[0]}); it may be truncated"
-        ) from None
+        raise MtlError(f"cannot read {ckpt / 'model.safetensors'} ({first_line(err)}); it may be truncated") from None
     expected = checkpoint_state(model)
     missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
     if missing or unexpected:

@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from mtl_cli.config import SPLITS, TaskConfig
-from mtl_cli.errors import MtlError
+from mtl_cli.errors import MtlError, first_line
 
 _BUILDERS = {"csv": "csv", "tsv": "csv", "json": "json", "jsonl": "json", "parquet": "parquet", "text": "text"}
 _TEXT_ROLES = ("text", "text_pair")
@@ -122,7 +122,7 @@ def _load_local(name: str, cfg: TaskConfig, data_root: str | None):
                 f"task '{name}': a file is not valid {cfg.encoding.upper()} ({', '.join(files.values())}); re-encode it "
                 f"(iconv -t UTF-8), set task.{name}.encoding (e.g. cp1252) or task.{name}.encoding_errors=replace"
             ) from None
-        first = str(root).strip().splitlines()[0] if str(root).strip() else type(root).__name__
+        first = first_line(root)
         raise MtlError(
             f"task '{name}': could not read its {cfg.format} files ({first}); check `task.{name}.format`, "
             f"`.delimiter`, `.header` and `.quoting`"
@@ -177,7 +177,7 @@ def _load_hub(name: str, cfg: TaskConfig):
         # Hub sets may carry extra splits (imdb's "unsupervised", labelled -1): keep ours only.
         return datasets.DatasetDict({split: loaded[split] for split in SPLITS if split in loaded})
     except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise MtlError(
             f"task '{name}': could not load '{cfg.hub_name}' from the Hub ({first}); use local files instead ({local_hint})"
         ) from None

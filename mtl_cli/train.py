@@ -213,8 +213,10 @@ class TrainLoop:
         from mtl_cli import task_types
         from mtl_cli.early_stopping import TaskEarlyStopping
 
+        # Each task's type module, looked up once rather than on every step.
+        self.types = {n: task_types.get(tc.type) for n, tc in cfg.task.items()}
         # Auxiliary tasks (MLM) are not early-stopped: they train until every main task has stopped.
-        self.aux = [n for n, tc in cfg.task.items() if task_types.get(tc.type).AUXILIARY]
+        self.aux = [n for n, tt in self.types.items() if tt.AUXILIARY]
         main = [n for n in cfg.task if n not in self.aux]
         t = cfg.trainer
         self.stopping = TaskEarlyStopping(main, t.early_stopping_patience, t.early_stopping_min_delta)
@@ -223,6 +225,8 @@ class TrainLoop:
         # Checkpoints leave frozen parameters out; they name the base encoder to rebuild them from.
         frozen = any(not p.requires_grad for p in model.parameters())
         self.base = base_reference(cfg) if frozen else None
+        if self.base is not None and hasattr(model.trunk, "base_fingerprint"):
+            self.base["fingerprint"] = model.trunk.base_fingerprint  # `mtl eval` verifies the rebuilt base
         self.step = 0
         self.seen = {name: 0 for name in batches}
         self.best_score, self.best_step = -math.inf, 0
@@ -231,7 +235,6 @@ class TrainLoop:
     def setup_affinity(self) -> None:
         """Task-affinity measurements draw from seeded streams over each task's validation set,
         so the training stream (and so training itself) is the same with or without them."""
-        from mtl_cli import task_types
         from mtl_cli.affinity import AffinityRecorder
         from mtl_cli.batches import TaskBatches
 
@@ -241,12 +244,12 @@ class TrainLoop:
         self.affinity = AffinityRecorder(self.run_dir, every)
         self.affinity_batches = {
             name: TaskBatches(
-                self.data["validation"][name], task_types.get(cfg.task[name].type).collate,
+                self.data["validation"][name], self.types[name].collate,
                 cfg.trainer.batch_size, self.tokenizer.pad_token_id, cfg.seed * 1000 + 500 + i,
             )
             for i, name in enumerate(self.batches)
         }  # fmt: skip
-        self.affinity_losses = {n: task_types.get(cfg.task[n].type).loss for n in self.affinity_batches}
+        self.affinity_losses = {n: self.types[n].loss for n in self.affinity_batches}
 
     def measure_affinity(self) -> None:
         from mtl_cli.affinity import measure_affinity
@@ -260,8 +263,6 @@ class TrainLoop:
     def train_step(self) -> list[str]:
         from torch.nn.utils import clip_grad_norm_
 
-        from mtl_cli import task_types
-
         if self.weighting.needs_all_tasks:
             step_tasks = [t for t in self.batches if t in self.stopping.active() or t in self.aux]
         else:
@@ -269,7 +270,7 @@ class TrainLoop:
         losses = {}
         for task in step_tasks:
             batch = {k: v.to(self.device) for k, v in self.batches[task].next_batch().items()}
-            losses[task] = task_types.get(self.cfg.task[task].type).loss(self.model(task, batch), batch)
+            losses[task] = self.types[task].loss(self.model(task, batch), batch)
             self.seen[task] += batch["input_ids"].shape[0]
         for task, loss in losses.items():
             if not math.isfinite(loss.item()):
@@ -337,10 +338,9 @@ class TrainLoop:
                         break
 
     def main_metric(self, task: str, metrics: dict) -> float:
-        from mtl_cli import task_types
 
         name = self.cfg.trainer.best_metric
-        return metrics.get(name, metrics[task_types.get(self.cfg.task[task].type).MAIN_METRIC])
+        return metrics.get(name, metrics[self.types[task].MAIN_METRIC])
 
     def epochs_seen(self) -> dict[str, float]:
         return {n: self.seen[n] / max(self.batches[n].size, 1) for n in self.seen}
@@ -450,7 +450,6 @@ def finish(loop: TrainLoop, tasks: dict) -> dict:
     With per-task early stopping each task is scored with its own best checkpoint (`best-<task>`),
     and the table says which step each task's figures come from.
     """
-    from mtl_cli import task_types
     from mtl_cli.evaluate import average
     from mtl_cli.plots import training_curves
     from mtl_cli.rundir import load_weights, print_table, rows_to_csv, rows_to_markdown, table_rows, write_json
@@ -491,7 +490,7 @@ def finish(loop: TrainLoop, tasks: dict) -> dict:
     (run_dir / "metrics.csv").write_text(rows_to_csv(rows), encoding="utf-8")
     test = {task: {m: v for m, v in metrics.items() if m != "loss"} for task, metrics in results["test"].items()}
     write_json(run_dir / "results.json", test)
-    mains = {n: task_types.get(tc.type).MAIN_METRIC for n, tc in loop.cfg.task.items()}
+    mains = {n: tt.MAIN_METRIC for n, tt in loop.types.items()}
     training_curves(run_dir / "metrics.jsonl", run_dir / "curves.png", mains)
     if loop.affinity.plot() is not None:
         names, matrix = loop.affinity.summary()

@@ -8,7 +8,10 @@ nn.Module that turns a task's batch into hidden states for that task's head:
     trunk.encoder                  the (base) transformers encoder: its config, input embeddings
     trunk.shared_parameters()      parameters every task uses (what gradient surgery operates on)
     trunk.task_parameters(task)    parameters only `task` uses
-    trunk.trained_state_dict()     optional: what a checkpoint must hold (adapters: not the frozen base)
+
+Checkpoints hold every trainable tensor (rundir.checkpoint_state): a frozen base is left out and
+named in base_encoder.json instead. A trunk with `base_fingerprint` / `check_base(reference)`
+(adapters) lets `mtl eval` verify that the base it rebuilt is the one the run trained on.
 
 Adding a scheme: a module here, its name in SCHEMES, and conf/sharing/<name>.yaml.
 """

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from mtl_cli.config import EncoderConfig, SharingConfig
-from mtl_cli.errors import MtlError
+from mtl_cli.errors import MtlError, first_line
 
 ADAPTER_PREFIX = "adapters."  # trained_state_dict keys: adapters.<adapter name>.<peft adapter key>
 BASE_PREFIX = "base."  # and, with train_encoder, base.<the base model's own state_dict key>
@@ -116,7 +116,7 @@ class AdapterTrunk(nn.Module):
                 for name in names[1:]:
                     self.peft.add_adapter(name, _lora_config(cfg))
         except ValueError as err:
-            first = str(err).strip().splitlines()[0]
+            first = first_line(err)
             raise MtlError(
                 f"cannot put LoRA adapters on {type(encoder).__name__} ({first}); "
                 "set sharing.target_modules to its attention projection names, e.g. [query,value]"
