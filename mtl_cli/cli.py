@@ -24,7 +24,8 @@ Multi-task NLP training driven by Hydra configs.
 commands:
   train [-m] [overrides...]   train; e.g. mtl train task=sentences/yelp+sentences/imdb data_root=../shared/data
                               (mtl train --help lists the config groups; -m runs a sweep)
-  eval RUN_DIR [key=value]    evaluate a run's checkpoint: split=test|validation checkpoint=best|last
+  train resume=RUN_DIR        continue a stopped run from its last checkpoint (Ctrl-C saves one)
+  eval RUN_DIR [key=value]    evaluate a run's checkpoint: split=test|validation checkpoint=best|last|step-<n>
                               tasks=a+b data_root=DIR batch_size=N; RUN_DIR may be `latest`
   transfer [overrides] [seeds=[1,2,3]]
                               single-task baselines vs the multi-task run, per task and seed, with a
@@ -125,6 +126,9 @@ def main(argv: list[str] | None = None) -> None:
 def train_command(args: list[str]) -> None:
     from mtl_cli.errors import MtlError
 
+    resume_dir, rest = resume_args(args)
+    if resume_dir is not None:
+        return resume_command(resume_dir, rest)
     args = rewrite_overrides(args)
     overrides, flags, multirun = split_hydra_args(args)
     informational = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "--version", "--shell-completion"}
@@ -137,6 +141,37 @@ def train_command(args: list[str]) -> None:
             fail(str(err))
     sys.argv = ["mtl train", *args]
     hydra_train()
+
+
+def resume_args(args: list[str]) -> tuple[str | None, list[str]]:
+    """(run dir, other args) from `resume=DIR`, `--resume DIR` or `--resume=DIR`; (None, args) without."""
+    for i, arg in enumerate(args):
+        if arg.startswith(("resume=", "--resume=", "+resume=")):
+            return arg.partition("=")[2], args[:i] + args[i + 1 :]
+        if arg == "--resume":
+            if i + 1 >= len(args):
+                fail("--resume needs a run directory: mtl train --resume runs/<date>/<time>_<tasks>")
+            return args[i + 1], args[:i] + args[i + 2 :]
+    return None, args
+
+
+def resume_command(run_dir: str, rest: list[str]) -> None:
+    from mtl_cli.errors import MtlError
+    from mtl_cli.train import resume
+
+    trust = {"trust_remote_code=true", "encoder.trust_remote_code=true"}
+    extra = [a for a in rest if a.lower() not in trust]
+    if extra:
+        fail(
+            f"a resumed run keeps the config it started with (its config.yaml); drop {' '.join(extra)}, "
+            "or start a new run with those overrides"
+        )
+    if not run_dir:
+        fail("resume= needs a run directory: mtl train resume=runs/<date>/<time>_<tasks>")
+    try:
+        resume(Path(run_dir), trust_remote_code=len(rest) > len(extra))
+    except MtlError as err:
+        fail(str(err), err.exit_code)
 
 
 def hydra_train() -> None:
@@ -156,9 +191,10 @@ def hydra_train() -> None:
             train(cfg, run_dir=Path(hc.runtime.output_dir), overrides=list(hc.overrides.task))
         except MtlError as err:
             remove_empty_dirs(Path(hc.runtime.output_dir), levels=2)
-            fail(str(err))
-        except KeyboardInterrupt:
-            fail("interrupted; checkpoints/last in the run directory holds the state of the last evaluation", 130)
+            fail(str(err), err.exit_code)
+        except KeyboardInterrupt:  # before training started: nothing to save yet
+            remove_empty_dirs(Path(hc.runtime.output_dir), levels=2)
+            fail("interrupted before training started; nothing was saved", 130)
 
     _run()
 
@@ -184,8 +220,8 @@ def parse_key_values(args: list[str], allowed: dict[str, str]) -> dict[str, str]
 def eval_command(args: list[str]) -> None:
     if not args or args[0] in ("-h", "--help"):
         print(
-            "usage: mtl eval RUN_DIR|latest [split=test|validation] [checkpoint=best|last] [tasks=a+b] "
-            "[data_root=DIR] [batch_size=N]"
+            "usage: mtl eval RUN_DIR|latest [split=test|validation] [checkpoint=best|last|best-<task>|step-<n>] "
+            "[tasks=a+b] [data_root=DIR] [batch_size=N] [trust_remote_code=true]"
         )
         return
     allowed = {
@@ -195,6 +231,7 @@ def eval_command(args: list[str]) -> None:
         "data_root": "dir",
         "batch_size": "n",
         "runs_root": "dir",
+        "trust_remote_code": "true|false",
     }
     opts = parse_key_values(args[1:], allowed)
     from mtl_cli.errors import MtlError
@@ -209,6 +246,7 @@ def eval_command(args: list[str]) -> None:
             data_root=opts.get("data_root"),
             batch_size=int(opts["batch_size"]) if opts.get("batch_size", "").isdigit() else None,
             runs_root=opts.get("runs_root") or os.environ.get("MTL_RUNS_ROOT", "runs"),
+            trust_remote_code=opts.get("trust_remote_code", "").lower() == "true",
         )
     except MtlError as err:
         fail(str(err))

@@ -176,6 +176,14 @@ class TrainerConfig:
     # `affinity_lookahead_lr` also TAG's lookahead loss change (Fifty et al. 2021).
     affinity_every: int = 50
     affinity_lookahead_lr: float | None = None
+    # Checkpoints: `last` (the full training state a resume needs) is written at every evaluation
+    # and, when set, every `save_every` steps; the newest `keep_checkpoints` of them are kept
+    # (older ones as checkpoints/step-<n>), so a damaged one falls back to the one before.
+    save_every: int | None = None
+    keep_checkpoints: int = 2
+    # A NaN or infinite loss or gradient: `stop` saves the batch and weights to debug/ and stops
+    # with the step and task named; `skip` drops that batch's update and goes on.
+    nonfinite: str = "stop"
     # Torch intra-op threads; None keeps torch's default (one per core).
     threads: int | None = None
     # "auto" uses a GPU when one is visible, else the CPU.
@@ -327,6 +335,12 @@ def validate(cfg: MtlConfig) -> None:
         raise MtlError("`trainer.weight_decay` and `trainer.max_grad_norm` must not be negative")
     if t.affinity_every < 0 or (t.affinity_lookahead_lr is not None and t.affinity_lookahead_lr <= 0):
         raise MtlError("`trainer.affinity_every` must be >= 0 (0: off) and `trainer.affinity_lookahead_lr` positive")
+    if t.save_every is not None and t.save_every <= 0:
+        raise MtlError(f"`trainer.save_every` must be positive or null (at evaluations only); got {t.save_every}")
+    if t.keep_checkpoints < 1:
+        raise MtlError(f"`trainer.keep_checkpoints` must be at least 1; got {t.keep_checkpoints}")
+    if t.nonfinite not in ("stop", "skip"):
+        raise MtlError(f"`trainer.nonfinite` must be stop or skip; got {t.nonfinite!r}")
     if t.early_stopping_patience is not None and t.early_stopping_patience < 1:
         raise MtlError(f"`trainer.early_stopping_patience` must be >= 1 or null; got {t.early_stopping_patience}")
     if not t.best_metric:

@@ -70,6 +70,11 @@ def encoder_from_checkpoint(ckpt_dir: Path) -> tuple[Any, Any]:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    config = AutoConfig.from_pretrained(ckpt_dir / "encoder")
-    tokenizer = AutoTokenizer.from_pretrained(ckpt_dir / "tokenizer")
-    return drop_pooler(AutoModel.from_config(config)), tokenizer
+    try:  # trust_remote_code stays off: a checkpoint's config never brings code to run
+        config = AutoConfig.from_pretrained(ckpt_dir / "encoder")
+        tokenizer = AutoTokenizer.from_pretrained(ckpt_dir / "tokenizer")
+        return drop_pooler(AutoModel.from_config(config)), tokenizer
+    except Exception as err:
+        raise MtlError(
+            f"cannot rebuild the encoder of {ckpt_dir} ({first_line(err)}); the checkpoint is damaged"
+        ) from None

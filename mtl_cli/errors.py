@@ -6,9 +6,14 @@ and keeps its traceback.
 
 
 class MtlError(Exception):
-    """A user-fixable problem; the message names the problem and the fix."""
+    """A user-fixable problem; the message names the problem and the fix.
 
-    exit_code = 2
+    `exit_code` is 2 for bad input; an interrupted run uses 128 + the signal number.
+    """
+
+    def __init__(self, message: str, exit_code: int = 2):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def first_line(err: BaseException) -> str:

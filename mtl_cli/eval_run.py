@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from pathlib import Path
 
@@ -24,16 +25,16 @@ def evaluate_run(
     data_root: str | None = None,
     batch_size: int | None = None,
     runs_root: str = "runs",
+    trust_remote_code: bool = False,
 ) -> dict:
     """Returns {task: {metric: value}, "average": {...}} and writes eval/<checkpoint>_<split>.{md,csv,json}."""
-    from omegaconf import OmegaConf
-
-    from mtl_cli.config import to_typed
     from mtl_cli.encoders import encoder_from_checkpoint
     from mtl_cli.evaluate import evaluate
     from mtl_cli.model import build_model
     from mtl_cli.rundir import (
+        check_checkpoint_origin,
         find_checkpoint,
+        load_run_config,
         load_weights,
         print_table,
         rows_to_csv,
@@ -46,17 +47,12 @@ def evaluate_run(
 
     if split not in ("test", "validation"):
         raise MtlError(f"split must be test or validation; got split={split}")
-    if checkpoint not in ("best", "last"):
-        raise MtlError(f"checkpoint must be best or last; got checkpoint={checkpoint}")
+    if not re.fullmatch(r"best|last|best-.+|step-\d+", checkpoint):
+        raise MtlError(f"checkpoint must be best, last, best-<task> or step-<n>; got checkpoint={checkpoint}")
     run_dir = find_latest_run(runs_root) if run == "latest" else Path(run)
-    if not run_dir.is_dir():
-        raise MtlError(f"run directory not found: {run_dir}")
+    cfg = load_run_config(run_dir, trust_remote_code)
     ckpt = find_checkpoint(run_dir, checkpoint)
-    try:
-        cfg = to_typed(OmegaConf.load(run_dir / "config.yaml"))
-    except MtlError as err:
-        raise MtlError(f"{run_dir / 'config.yaml'} is not a valid mtl config: {err}") from None
-    labels = json.loads((ckpt / "labels.json").read_text(encoding="utf-8"))
+    labels, state = check_checkpoint_origin(run_dir, ckpt, cfg)
     trained_tasks = dict(cfg.task)
     if tasks:
         unknown = [t for t in tasks if t not in cfg.task]
@@ -91,7 +87,6 @@ def evaluate_run(
     load_weights(model, ckpt)
     model.to(device)
     data = tokenize_tasks(loaded, tokenizer)
-    state = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
     types = {n: tc.type for n, tc in cfg.task.items()}
     batch = batch_size or cfg.trainer.eval_batch_size
     results = evaluate(model, data[split], types, labels, batch, tokenizer.pad_token_id)

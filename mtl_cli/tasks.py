@@ -191,6 +191,12 @@ def _select_columns(name: str, roles: dict[str, str], raw):
     for split, ds in raw.items():
         for role, column in roles.items():
             if column not in ds.column_names:
+                glued = [d for d in (",", "\t", ";", "|") if len(ds.column_names) == 1 and d in ds.column_names[0]]
+                if glued:  # one column whose name holds a separator: the file uses another delimiter
+                    raise MtlError(
+                        f"task '{name}': the {split} file has one column {ds.column_names[0]!r}: it looks "
+                        f"{glued[0]!r}-separated; set task.{name}.delimiter={glued[0]!r} (or the matching format)"
+                    )
                 raise MtlError(
                     f"task '{name}': the {split} data has no column '{column}' (columns: {ds.column_names}); "
                     f"set task.{name}.{role}_column=<column> or task.{name}.column_names=[...]"

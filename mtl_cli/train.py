@@ -10,13 +10,16 @@ import logging
 import math
 import os
 import time
+from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+import mtl_cli
 from mtl_cli.config import MtlConfig, task_names_label, to_typed
-from mtl_cli.errors import MtlError
+from mtl_cli.errors import MtlError, first_line
 
 log = logging.getLogger("mtl")
 
@@ -100,28 +103,84 @@ def build_optimizer(model: Any, cfg: MtlConfig, total_steps: int, extra: list = 
 
 
 def train(cfg: DictConfig | MtlConfig, run_dir: Path | None = None, overrides: list[str] | None = None) -> dict:
-    """Train as configured; returns {"run_dir", "results" (test), "validation", "best_step"}.
+    """Train as configured; returns {"run_dir", "results" (test), "validation", "best_step", "timing"}.
 
     `run_dir` is where Hydra wants the run; without it one is made under `cfg.runs_root`.
     Nothing is written there until the data and the encoder have loaded without error.
     """
-    import torch
-
-    from mtl_cli import loss_weighting, task_types
-    from mtl_cli.batches import TaskBatches
-    from mtl_cli.datacheck import check_tasks, report_warnings
-    from mtl_cli.encoders import load_encoder
-    from mtl_cli.mixing import build_sampler
-    from mtl_cli.model import build_model
-    from mtl_cli.rundir import write_json
-    from mtl_cli.tokenization import add_task_markers
-
     typed = absolute_paths(to_typed(cfg) if isinstance(cfg, DictConfig) else cfg)
     setup_logging(None)
-    device = setup_torch(typed)
-    t = typed.trainer
+    prepared = prepare(typed)
+    run_dir = claim(run_dir, typed, overrides or [])
+    loop = build_loop(prepared, run_dir)
+    return run_loop(loop, prepared)
 
-    tasks = load_tasks(typed)  # data mistakes surface before the encoder is loaded
+
+def resume(run_dir: Path, trust_remote_code: bool = False) -> dict:
+    """Continue a run from its newest intact `last` checkpoint, in its own directory, with its own config.
+
+    Model, optimizer, scheduler, RNG, sampler and batch positions, loss weighting and early
+    stopping all continue from the checkpoint, so on CPU the run ends exactly as an
+    uninterrupted one would. A run killed before its first checkpoint starts again from step 0.
+    """
+    from mtl_cli.rundir import (
+        check_checkpoint_origin,
+        checkpoint_candidates,
+        find_checkpoint,
+        load_run_config,
+        trim_jsonl,
+    )
+
+    cfg = load_run_config(run_dir, trust_remote_code)
+    if (run_dir / "results.json").is_file():
+        raise MtlError(f"{run_dir} has finished (results.json exists); nothing to resume. Evaluate it with mtl eval")
+    has_checkpoint = any(c.exists() for c in checkpoint_candidates(run_dir, "last"))
+    ckpt = find_checkpoint(run_dir, "last") if has_checkpoint else None
+    if ckpt is not None:
+        check_checkpoint_origin(run_dir, ckpt, cfg)
+        if not (ckpt / "optimizer.pt").is_file():
+            raise MtlError(f"{ckpt} has no optimizer.pt (the training state); it cannot be resumed from")
+    setup_logging(None)
+    prepared = prepare(cfg)
+    if ckpt is not None:  # checked before anything in the run directory is written
+        check_same_data(ckpt, prepared.data_fingerprint)
+    loop = build_loop(prepared, run_dir, resumed=True)
+    if ckpt is None:
+        log.info("resume: %s has no checkpoint yet; training starts again from step 0", run_dir)
+    else:
+        loop.load(ckpt)
+        log.info("resumed from %s at step %d of %d", ckpt, loop.step, prepared.total_steps)
+    # Records written after the checkpoint are written again, identically, by the resumed run.
+    for name in ("metrics.jsonl", "affinity.jsonl"):
+        trim_jsonl(run_dir / name, loop.step)
+    return run_loop(loop, prepared)
+
+
+def check_same_data(ckpt: Path, fingerprint: dict[str, str]) -> None:
+    from mtl_cli.rundir import read_checkpoint_state
+
+    saved = read_checkpoint_state(ckpt)[1].get("data_fingerprint") or fingerprint
+    changed = sorted(t for t in set(saved) | set(fingerprint) if saved.get(t) != fingerprint.get(t))
+    if changed:
+        raise MtlError(
+            f"the training data of task(s) {changed} changed since {ckpt} was saved; a resume needs the same "
+            "data and tokenizer: restore the files, or start a new run"
+        )
+
+
+def prepare(typed: MtlConfig) -> SimpleNamespace:
+    """Everything before a run directory is needed: data, encoder, tokenized splits, sampler, step counts."""
+    import torch
+
+    from mtl_cli import loss_weighting
+    from mtl_cli.datacheck import check_tasks
+    from mtl_cli.encoders import load_encoder
+    from mtl_cli.mixing import build_sampler
+    from mtl_cli.tokenization import add_task_markers
+
+    t = typed.trainer
+    tasks = load_tasks(typed)  # data mistakes surface before torch and the encoder are loaded
+    device = setup_torch(typed)
     data_report = check_tasks(tasks, full=False)  # duplicates and leakage: cheap, hashes only
     torch.manual_seed(typed.seed)  # a random-init encoder draws its weights here
     encoder, tokenizer = load_encoder(typed.encoder)
@@ -135,52 +194,103 @@ def train(cfg: DictConfig | MtlConfig, run_dir: Path | None = None, overrides: l
     per_step = len(sizes) if weighting_module.build(typed.loss_weighting, list(sizes), 1).needs_all_tasks else 1
     steps_per_epoch = math.ceil(sum(sizes.values()) / (t.batch_size * per_step))
     total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
-    eval_every = min(t.eval_every or steps_per_epoch, total_steps)
-    weighting = weighting_module.build(typed.loss_weighting, list(sizes), steps_per_epoch)
+    return SimpleNamespace(
+        cfg=typed, device=device, tasks=tasks, data_report=data_report, encoder=encoder, tokenizer=tokenizer,
+        data=data, sampler=sampler, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+        eval_every=min(t.eval_every or steps_per_epoch, total_steps),
+        weighting=weighting_module.build(typed.loss_weighting, list(sizes), steps_per_epoch),
+        data_fingerprint=data_fingerprint(data["train"]),
+    )  # fmt: skip
 
-    run_dir = claim(run_dir, typed, overrides or [])
+
+def data_fingerprint(train: dict[str, dict[str, list]]) -> dict[str, str]:
+    """task -> hash of its tokenized training examples: a resume must see the very same data."""
+    import hashlib
+    import itertools
+
+    import numpy as np
+
+    out = {}
+    for name, columns in train.items():
+        ids = columns["input_ids"]
+        h = hashlib.sha256(np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)).tobytes())
+        h.update(np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64).tobytes())
+        out[name] = h.hexdigest()[:16]
+    return out
+
+
+def build_loop(p: SimpleNamespace, run_dir: Path, resumed: bool = False) -> TrainLoop:
+    """Logging to the run directory, the model, optimizer and batch streams."""
+    import torch
+
+    from mtl_cli import task_types
+    from mtl_cli.batches import TaskBatches
+    from mtl_cli.datacheck import report_warnings
+    from mtl_cli.model import build_model
+    from mtl_cli.rundir import write_json
+
+    typed, t = p.cfg, p.cfg.trainer
     setup_logging(run_dir)
-    log.info("run directory: %s", run_dir)
-    log.info("device: %s, torch threads: %d", device, torch.get_num_threads())
-    for name, task in tasks.items():
+    log.info("%s directory: %s", "resuming run" if resumed else "run", run_dir)
+    log.info("device: %s, torch threads: %d", p.device, torch.get_num_threads())
+    for name, task in p.tasks.items():
         log.info("task %s (%s): %s labels %s", name, task.cfg.type, task.sizes(), task.labels)
-    write_json(run_dir / "data_check.json", data_report)
-    for warning in report_warnings(data_report):
+    write_json(run_dir / "data_check.json", p.data_report)
+    for warning in report_warnings(p.data_report):
         log.warning("data check: %s (details: mtl data check, or data_check.json)", warning)
 
-    labels = {n: tk.labels for n, tk in tasks.items()}
+    labels = {n: tk.labels for n, tk in p.tasks.items()}
     torch.manual_seed(typed.seed)
-    model = build_model(encoder, typed.task, labels, typed.sharing).to(device)
+    model = build_model(p.encoder, typed.task, labels, typed.sharing).to(p.device)
     counts = model.parameter_counts()
     write_json(run_dir / "parameters.json", {"sharing": typed.sharing.name, **counts})
     log.info("sharing=%s parameters: %s", typed.sharing.name, counts)
-    if weighting.needs_all_tasks:
+    if p.weighting.needs_all_tasks:
         log.info(
             "loss_weighting=%s: every step holds one batch of each task; mixing is not used", typed.loss_weighting.name
         )
     else:
         log.info(
             "mixing=%s probabilities %s; loss_weighting=%s",
-            typed.mixing.name, {k: round(v, 4) for k, v in sampler.probabilities.items()}, typed.loss_weighting.name,
+            typed.mixing.name, {k: round(v, 4) for k, v in p.sampler.probabilities.items()}, typed.loss_weighting.name,
         )  # fmt: skip
     log.info(
         "%d steps (%.2f epochs of %d steps), eval every %d",
-        total_steps, total_steps / steps_per_epoch, steps_per_epoch, eval_every,
+        p.total_steps, p.total_steps / p.steps_per_epoch, p.steps_per_epoch, p.eval_every,
     )  # fmt: skip
-    opt, sched = build_optimizer(model, typed, total_steps, weighting.parameters())
+    opt, sched = build_optimizer(model, typed, p.total_steps, p.weighting.parameters())
     types = {n: tc.type for n, tc in typed.task.items()}
     batches = {
         name: TaskBatches(
-            d, task_types.get(types[name]).collate, t.batch_size, tokenizer.pad_token_id, typed.seed * 1000 + i
+            d, task_types.get(types[name]).collate, t.batch_size, p.tokenizer.pad_token_id, typed.seed * 1000 + i
         )
-        for i, (name, d) in enumerate(data["train"].items())
+        for i, (name, d) in enumerate(p.data["train"].items())
     }
-    loop = TrainLoop(typed, run_dir, model, tokenizer, labels, opt, sched, sampler, batches, data, device, weighting)
+    loop = TrainLoop(
+        typed, run_dir, model, p.tokenizer, labels, opt, sched, p.sampler, batches, p.data, p.device, p.weighting
+    )
+    loop.data_fingerprint = p.data_fingerprint
+    return loop
+
+
+def run_loop(loop: TrainLoop, p: SimpleNamespace) -> dict:
+    """Train to the end, then score the best checkpoint(s). SIGINT/SIGTERM save a checkpoint and stop."""
+    from mtl_cli.interrupts import StopRequest
+
     try:
-        loop.run(total_steps, eval_every)
-        return finish(loop, tasks)
+        with StopRequest() as stop:
+            loop.stop = stop
+            loop.run(p.total_steps, p.eval_every)
+        return finish(loop, p.tasks)
+    except KeyboardInterrupt:
+        log.error("stopped at once at step %d, without saving", loop.step)
+        raise MtlError(
+            f"stopped at once at step {loop.step} without saving; continue from the last checkpoint with: "
+            f"mtl train resume={loop.run_dir}",
+            exit_code=130,
+        ) from None
     except BaseException as err:
-        log.error("run failed at step %d: %s", loop.step, err)
+        log.error("run failed at step %d: %s", loop.step, first_line(err))
         raise
 
 
@@ -231,6 +341,18 @@ class TrainLoop:
         self.seen = {name: 0 for name in batches}
         self.best_score, self.best_step = -math.inf, 0
         self.running_loss: dict[str, float] = {}
+        self.skipped = 0  # batches dropped for a non-finite loss (trainer.nonfinite=skip)
+        self.last_validation: dict | None = None
+        self.stop = None  # a StopRequest while `run` is called from `run_loop`
+        self.data_fingerprint: dict[str, str] = {}
+        from mtl_cli.rundir import config_digest
+
+        self.config_sha256 = config_digest(run_dir)
+        # Throughput of this process (not saved in checkpoints: a resumed run counts afresh).
+        self.timing = {
+            "train_seconds": 0.0, "train_steps": 0, "train_examples": 0, "real_tokens": 0, "processed_tokens": 0,
+            "eval_seconds": 0.0, "eval_examples": 0, "first_step_seconds": None,
+        }  # fmt: skip
 
     def setup_affinity(self) -> None:
         """Task-affinity measurements draw from seeded streams over each task's validation set,
@@ -267,25 +389,61 @@ class TrainLoop:
             step_tasks = [t for t in self.batches if t in self.stopping.active() or t in self.aux]
         else:
             step_tasks = [self.sampler.next_task()]
-        losses = {}
+        losses, batches = {}, {}
         for task in step_tasks:
-            batch = {k: v.to(self.device) for k, v in self.batches[task].next_batch().items()}
+            batch = batches[task] = {k: v.to(self.device) for k, v in self.batches[task].next_batch().items()}
             losses[task] = self.types[task].loss(self.model(task, batch), batch)
-            self.seen[task] += batch["input_ids"].shape[0]
-        for task, loss in losses.items():
-            if not math.isfinite(loss.item()):
-                raise MtlError(f"loss of task '{task}' became {loss.item()} at step {self.step + 1}; lower trainer.lr")
-        self.weighting.backward(losses, self.shared)
-        if self.cfg.trainer.max_grad_norm > 0:
-            clip_grad_norm_(self.model.parameters(), self.cfg.trainer.max_grad_norm)
-        self.opt.step()
+            n = batch["input_ids"].shape[0]
+            self.seen[task] += n
+            self.timing["train_examples"] += n
+            self.timing["real_tokens"] += int(batch["attention_mask"].sum())
+            self.timing["processed_tokens"] += batch["input_ids"].numel()
+        bad = next(
+            (f"loss of task '{t}' is {v.item()}" for t, v in losses.items() if not math.isfinite(v.item())), None
+        )
+        if bad is None:
+            self.weighting.backward(losses, self.shared)
+            if self.cfg.trainer.max_grad_norm > 0:
+                norm = float(clip_grad_norm_(self.model.parameters(), self.cfg.trainer.max_grad_norm))
+                if not math.isfinite(norm):
+                    bad = f"gradient norm of task(s) {'+'.join(losses)} is {norm}"
+        if bad is not None:
+            self.opt.zero_grad(set_to_none=True)
+            self.nonfinite(bad, batches)
+        else:
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+            for task, loss in losses.items():
+                prev = self.running_loss.get(task)
+                self.running_loss[task] = loss.item() if prev is None else 0.9 * prev + 0.1 * loss.item()
         self.sched.step()
-        self.opt.zero_grad(set_to_none=True)
-        for task, loss in losses.items():
-            prev = self.running_loss.get(task)
-            self.running_loss[task] = loss.item() if prev is None else 0.9 * prev + 0.1 * loss.item()
         self.step += 1
         return step_tasks
+
+    def nonfinite(self, what: str, batches: dict) -> None:
+        """A NaN/inf loss or gradient: skip the update (trainer.nonfinite=skip) or save the evidence and stop."""
+        step = self.step + 1
+        if self.cfg.trainer.nonfinite == "skip":
+            self.skipped += 1
+            log.warning("step %d: %s; update skipped (%d so far; trainer.nonfinite=skip)", step, what, self.skipped)
+            return
+        from safetensors.torch import save_file
+
+        from mtl_cli.rundir import checkpoint_state, write_json
+
+        debug = self.run_dir / "debug" / f"step-{step:06d}"
+        debug.mkdir(parents=True, exist_ok=True)
+        # The weights are those the failing forward pass used: no update was applied.
+        save_file(checkpoint_state(self.model), str(debug / "model.safetensors"))
+        for task, batch in batches.items():
+            save_file(
+                {k: v.detach().cpu().contiguous() for k, v in batch.items()}, str(debug / f"batch-{task}.safetensors")
+            )
+        write_json(debug / "info.json", {"step": step, "problem": what, "lr": self.sched.get_last_lr()})
+        raise MtlError(
+            f"{what} at step {step}; the batch and weights are in {debug}. Lower trainer.lr, check the task's "
+            f"labels, or set trainer.nonfinite=skip; resume from the last checkpoint with mtl train resume={self.run_dir}"
+        )
 
     def diagnostics(self) -> dict:
         """Effective task weights (and MMoE gates); warnings when a weight collapses or loss scales diverge."""
@@ -323,7 +481,12 @@ class TrainLoop:
         with Progress(*columns, disable=not self.cfg.trainer.progress, transient=False) as progress:
             bar = progress.add_task("train", total=total_steps, info="")
             while self.step < total_steps:
+                began = time.perf_counter()
                 self.train_step()
+                self.timing["train_seconds"] += time.perf_counter() - began
+                self.timing["train_steps"] += 1
+                if self.timing["first_step_seconds"] is None:
+                    self.timing["first_step_seconds"] = time.time() - mtl_cli.STARTED
                 if self.affinity.due(self.step):
                     self.measure_affinity()
                 rate = sum(self.seen.values()) / (time.perf_counter() - start)
@@ -336,6 +499,10 @@ class TrainLoop:
                     if self.per_task_best and self.stopping.all_stopped():
                         log.info("every task stopped early; training ends at step %d", self.step)
                         break
+                elif self.cfg.trainer.save_every and self.step % self.cfg.trainer.save_every == 0:
+                    self.save_last()
+                if self.stop is not None and self.stop.requested:
+                    self.interrupted()
 
     def main_metric(self, task: str, metrics: dict) -> float:
 
@@ -351,7 +518,21 @@ class TrainLoop:
         types = {n: tc.type for n, tc in self.cfg.task.items()}
         data = {n: d for n, d in self.data[split].items() if tasks is None or n in tasks}
         t = self.cfg.trainer
-        return evaluate(self.model, data, types, self.labels, t.eval_batch_size, self.tokenizer.pad_token_id)
+        began = time.perf_counter()
+        results = evaluate(self.model, data, types, self.labels, t.eval_batch_size, self.tokenizer.pad_token_id)
+        self.timing["eval_seconds"] += time.perf_counter() - began
+        self.timing["eval_examples"] += sum(len(d["input_ids"]) for d in data.values())
+        return results
+
+    def throughput(self) -> dict:
+        """timing.json: examples and tokens per second of training and evaluation in this process."""
+        t = self.timing
+        out = dict(t)
+        out["train_examples_per_second"] = t["train_examples"] / t["train_seconds"] if t["train_seconds"] else None
+        out["real_tokens_per_second"] = t["real_tokens"] / t["train_seconds"] if t["train_seconds"] else None
+        out["real_token_fraction"] = t["real_tokens"] / t["processed_tokens"] if t["processed_tokens"] else None
+        out["eval_examples_per_second"] = t["eval_examples"] / t["eval_seconds"] if t["eval_seconds"] else None
+        return out
 
     def evaluate_and_save(self) -> None:
         from mtl_cli.rundir import append_jsonl, save_checkpoint
@@ -407,25 +588,40 @@ class TrainLoop:
             t.best_metric,
             score,
         )
-        state = {
+        self.last_validation = results
+        if score > self.best_score:
+            self.best_score, self.best_step = score, self.step
+            save_checkpoint(
+                self.run_dir / "checkpoints" / "best",
+                self.model, self.tokenizer, self.labels, self.state(), None, self.base,
+            )  # fmt: skip
+        self.save_last()
+
+    def state(self) -> dict:
+        """trainer_state.json: where training stands; with optimizer.pt, all a resume needs."""
+        return {
             "step": self.step,
             "examples_seen": self.seen,
-            "epochs": epochs,
-            "validation": results,
+            "epochs": self.epochs_seen(),
+            "validation": self.last_validation,
             "best_step": self.best_step,
             "best_score": self.best_score,
             "batches": {n: b.state_dict() for n, b in self.batches.items()},
+            "affinity_batches": {n: b.state_dict() for n, b in self.affinity_batches.items()},
             "sampler": self.sampler.state_dict(),
-            "task_weights": diag["weights"],
+            "task_weights": {t: float(w) for t, w in self.weighting.weights().items()},
             "early_stopping": self.stopping.state_dict(),
+            "running_loss": self.running_loss,
+            "skipped_batches": self.skipped,
+            "data_fingerprint": self.data_fingerprint,
+            "encoder": asdict(self.cfg.encoder),
+            "config_sha256": self.config_sha256,
         }
-        if score > self.best_score:
-            self.best_score, self.best_step = score, self.step
-            state.update(best_step=self.step, best_score=score)
-            save_checkpoint(
-                self.run_dir / "checkpoints" / "best", self.model, self.tokenizer, self.labels, state, None, self.base
-            )
+
+    def save_last(self) -> None:
         import torch
+
+        from mtl_cli.rundir import save_checkpoint
 
         train_state = {
             "optimizer": self.opt.state_dict(),
@@ -433,14 +629,74 @@ class TrainLoop:
             "torch_rng": torch.get_rng_state(),
             "loss_weighting": self.weighting.state_dict(),
         }
+        if torch.cuda.is_available():
+            train_state["cuda_rng"] = torch.cuda.get_rng_state_all()
         save_checkpoint(
-            self.run_dir / "checkpoints" / "last",
-            self.model,
-            self.tokenizer,
-            self.labels,
-            state,
-            train_state,
-            self.base,
+            self.run_dir / "checkpoints" / "last", self.model, self.tokenizer, self.labels, self.state(),
+            train_state, self.base, keep=self.cfg.trainer.keep_checkpoints,
+        )  # fmt: skip
+
+    def load(self, ckpt: Path) -> None:
+        """Continue from `ckpt` (a `last` checkpoint): weights, optimizer, scheduler, RNG, positions."""
+        import torch
+
+        from mtl_cli.rundir import load_weights, read_checkpoint_state
+
+        state = read_checkpoint_state(ckpt)[1]
+        load_weights(self.model, ckpt)
+        try:
+            # weights_only: a checkpoint can hold tensors and plain containers, never code to run.
+            train_state = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True)
+            self.opt.load_state_dict(train_state["optimizer"])
+            self.sched.load_state_dict(train_state["scheduler"])
+            self.weighting.load_state_dict(train_state["loss_weighting"])
+        except Exception as err:
+            raise MtlError(
+                f"cannot restore the training state from {ckpt / 'optimizer.pt'}: {first_line(err)}"
+            ) from None
+        torch.set_rng_state(train_state["torch_rng"])
+        if "cuda_rng" in train_state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(train_state["cuda_rng"])
+        self.step = state["step"]
+        self.seen = dict(state["examples_seen"])
+        self.best_step, self.best_score = state["best_step"], state["best_score"]
+        self.last_validation = state.get("validation")
+        for name, b in self.batches.items():
+            b.load_state_dict(state["batches"][name])
+        for name, b in self.affinity_batches.items():
+            if name in state.get("affinity_batches", {}):
+                b.load_state_dict(state["affinity_batches"][name])
+        self.sampler.load_state_dict(state["sampler"])
+        self.stopping.load_state_dict(state["early_stopping"])
+        if self.stopping.stopped() and not self.stopping.all_stopped():
+            self.sampler.set_active(self.stopping.active() + self.aux)
+        self.running_loss = dict(state.get("running_loss") or {})
+        self.skipped = state.get("skipped_batches", 0)
+
+    def interrupted(self) -> None:
+        """Save `last` and the metrics so far, then stop with the command that continues the run."""
+        import signal
+
+        from mtl_cli.plots import training_curves
+
+        self.save_last()
+        if self.last_validation is not None:
+            from mtl_cli.rundir import rows_to_csv, rows_to_markdown, table_rows
+
+            rows = table_rows({"validation": self.last_validation}, {})
+            note = (
+                f"Interrupted at step {self.step}: validation metrics of the last evaluation; "
+                "the final table replaces this when the resumed run ends.\n\n"
+            )
+            (self.run_dir / "metrics.md").write_text(note + rows_to_markdown(rows), encoding="utf-8")
+            (self.run_dir / "metrics.csv").write_text(rows_to_csv(rows), encoding="utf-8")
+            mains = {n: tt.MAIN_METRIC for n, tt in self.types.items()}
+            training_curves(self.run_dir / "metrics.jsonl", self.run_dir / "curves.png", mains)
+        name = signal.Signals(self.stop.signum).name
+        log.warning("%s: stopped at step %d; checkpoint saved", name, self.step)
+        raise MtlError(
+            f"{name}: stopped at step {self.step}, checkpoint saved; continue with: mtl train resume={self.run_dir}",
+            exit_code=128 + self.stop.signum,
         )
 
 
@@ -490,6 +746,14 @@ def finish(loop: TrainLoop, tasks: dict) -> dict:
     (run_dir / "metrics.csv").write_text(rows_to_csv(rows), encoding="utf-8")
     test = {task: {m: v for m, v in metrics.items() if m != "loss"} for task, metrics in results["test"].items()}
     write_json(run_dir / "results.json", test)
+    timing = loop.throughput()
+    write_json(run_dir / "timing.json", timing)
+    if timing["train_examples_per_second"]:
+        log.info(
+            "throughput: %.1f train examples/s, %.0f real tokens/s (%.0f%% of processed tokens are real), "
+            "%.1f eval examples/s", timing["train_examples_per_second"], timing["real_tokens_per_second"],
+            100 * timing["real_token_fraction"], timing["eval_examples_per_second"] or 0,
+        )  # fmt: skip
     mains = {n: tt.MAIN_METRIC for n, tt in loop.types.items()}
     training_curves(run_dir / "metrics.jsonl", run_dir / "curves.png", mains)
     if loop.affinity.plot() is not None:
@@ -499,4 +763,7 @@ def finish(loop: TrainLoop, tasks: dict) -> dict:
     print_table(rows, f"{run_dir} ({what})")
     log.info("results (test split): %s", test)
     log.info("done: %s", run_dir)
-    return {"run_dir": str(run_dir), "results": test, "validation": results["validation"], "best_step": loop.best_step}
+    return {
+        "run_dir": str(run_dir), "results": test, "validation": results["validation"], "best_step": loop.best_step,
+        "timing": timing,
+    }  # fmt: skip

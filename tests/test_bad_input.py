@@ -1,13 +1,17 @@
-"""Bad input through the real CLI: a one-line error naming the fix, exit code 2, no traceback,
-no run directory left behind, and earlier runs untouched."""
+"""The bad-input catalogue, through the real CLI: configs, data, checkpoints, run directories and
+an unreachable Hub. Every case must give a one-line error naming the fix, exit code 2, no
+traceback, no run directory left behind, and leave every earlier run byte for byte as it was."""
 
 from __future__ import annotations
 
 import hashlib
+import shutil
 from pathlib import Path
 
 import pytest
 
+from mtl_cli.config import PACKAGE_DIR
+from mtl_cli.rundir import load_run_config
 from mtl_cli.tasks import hub_reachable
 from tests.conftest import run_dirs, run_mtl
 
@@ -39,7 +43,10 @@ def workdir(tmp_path: Path) -> Path:
     (data / "empty.tsv").write_text("text\tlabel\n")
     (data / "latin1.tsv").write_bytes(("text\tlabel\n" + rows).encode() + "caf\xe9 cr\xe8me\t1\n".encode("latin-1"))
     (data / "onecls.tsv").write_text("text\tlabel\n" + "".join(f"t {i}\t1\n" for i in range(20)))
+    (data / "comma.tsv").write_text("text,label\n" + "".join(f"text {i},{i % 2}\n" for i in range(40)))
     for name, train, extra in [
+        ("emptytrain", "empty.tsv", ""),
+        ("comma", "comma.tsv", ""),
         ("badlabel", "badlabel.tsv", "labels: ['0', '1']\n"),
         ("emptyval", "ok.tsv", "  validation: empty.tsv\n"),
         ("latin1", "latin1.tsv", ""),
@@ -76,6 +83,11 @@ CASES = {
     "not utf-8": (["task=latin1"], "not valid UTF-8"),
     "single class": (["task=onecls"], "single label"),
     "missing column": (["task=nocol"], "has no column 'review'"),
+    "empty task list": (["task=[]"], "no task selected"),
+    "empty training file": (["task=emptytrain"], "the train split is empty"),
+    "wrong delimiter": (["task=comma"], "looks ','-separated; set task.comma.delimiter"),
+    "keep no checkpoint": (["trainer.keep_checkpoints=0"], "`trainer.keep_checkpoints` must be at least 1"),
+    "unknown non-finite policy": (["trainer.nonfinite=ignore"], "`trainer.nonfinite` must be stop or skip"),
 }
 
 
@@ -101,37 +113,150 @@ def test_hub_task_offline_fails_fast_with_the_local_alternative(workdir: Path) -
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize(
-    ("make", "args", "message"),
-    [
-        ("nothing", [], "run directory not found"),
-        ("empty", [], "not an mtl run directory"),
-        ("config only", [], "no complete 'best' checkpoint"),
-        ("config only", ["split=train"], "split must be test or validation"),
-        ("config only", ["foo=1"], "unknown argument 'foo=1'"),
-    ],
-)
-def test_bad_eval_input(tmp_path: Path, make: str, args: list[str], message: str) -> None:
-    run = tmp_path / "run"
-    if make != "nothing":
-        run.mkdir()
-    if make == "config only":
-        (run / "config.yaml").write_text("seed: 1\n")
-    proc = run_mtl("eval", str(run), *args, cwd=tmp_path)
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], proc.stderr
-    assert "Traceback" not in proc.stderr
-
-
-def test_eval_of_a_task_the_run_never_trained(tmp_path: Path) -> None:
-    assert run_mtl("train", *SMOKE, cwd=tmp_path).returncode == 0
-    (run,) = run_dirs(tmp_path / "runs")
-    proc = run_mtl("eval", str(run), "tasks=yelp", cwd=tmp_path)
-    assert proc.returncode == 2
-    assert "never trained task(s) ['yelp']" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
-
-
 def test_unknown_command() -> None:
     proc = run_mtl("trian", cwd=Path.cwd())
     assert proc.returncode == 2 and "unknown command 'trian'" in proc.stderr
+
+
+# --- checkpoints and run directories: mtl eval and mtl train resume= -----------------------------
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """Finished and stopped runs to damage: smoke (2 tasks), one with another task set, one with another encoder."""
+    from mtl_cli.compose import compose_config
+    from mtl_cli.train import train
+
+    root = tmp_path_factory.mktemp("runs")
+    base = ["experiment=smoke", f"runs_root={root / 'made'}", "trainer.progress=false"]
+    data = shutil.copytree(PACKAGE_DIR / "data" / "demo" / "restaurants", root / "data" / "restaurants")
+    made = {
+        "smoke": train(compose_config(base)),
+        "one task": train(compose_config([*base, "task=demo/restaurants"])),
+        "wider": train(compose_config([*base, "encoder.config_overrides.hidden_size=64"])),
+        "own data": train(compose_config([*base, f"task.restaurants.data_dir={data}"])),
+    }
+    return {name: Path(r["run_dir"]) for name, r in made.items()}
+
+
+def stopped(run: Path) -> Path:
+    """`run` as if killed before it finished: no final tables yet, so it can be resumed."""
+    for name in ("results.json", "metrics.md", "metrics.csv"):
+        (run / name).unlink()
+    return run
+
+
+def truncate(path: Path) -> None:
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size // 2)
+
+
+def copy_checkpoint(src: Path, run: Path, which: str = "best") -> None:
+    shutil.rmtree(run / "checkpoints" / which)
+    shutil.copytree(src / "checkpoints" / which, run / "checkpoints" / which)
+
+
+def make_run(case: str, runs: dict[str, Path], tmp_path: Path) -> Path:
+    run = tmp_path / "runs" / "2026-01-02" / "10-00-00_case"
+    if case == "no run directory":
+        return run
+    run.mkdir(parents=True)
+    if case == "not a run directory":
+        (run / "notes.txt").write_text("hello\n")
+        return run
+    shutil.rmtree(run)
+    shutil.copytree(runs["own data" if case == "resume: data changed" else "smoke"], run)
+    ckpts = run / "checkpoints"
+    if case == "half-written run":  # killed before its first evaluation
+        shutil.rmtree(ckpts)
+        for name in ("results.json", "metrics.md", "metrics.csv", "metrics.jsonl", "curves.png", "timing.json"):
+            (run / name).unlink()
+    elif case == "config.yaml cut short":
+        (run / "config.yaml").write_text("task:\n  restaurants: {type: classif")
+    elif case == "config.yaml empty":
+        (run / "config.yaml").write_text("")
+    elif case == "missing checkpoint":
+        shutil.rmtree(ckpts / "best")
+    elif case == "truncated checkpoint":
+        truncate(ckpts / "best" / "model.safetensors")
+    elif case == "checkpoint from another encoder":
+        copy_checkpoint(runs["wider"], run)
+    elif case == "checkpoint from another task set":
+        copy_checkpoint(runs["one task"], run)
+    elif case == "checkpoint from another run with the same setup":
+        (run / "config.yaml").write_text((run / "config.yaml").read_text().replace("seed: 42", "seed: 43"))
+    elif case == "asks to instantiate a callable":
+        (run / "config.yaml").write_text((run / "config.yaml").read_text() + "callback:\n  _target_: os.system\n")
+    elif case == "asks for remote code":
+        text = (run / "config.yaml").read_text()
+        (run / "config.yaml").write_text(text.replace("trust_remote_code: false", "trust_remote_code: true"))
+    elif case == "resume: truncated last, nothing older":
+        stopped(run)
+        shutil.rmtree(ckpts / "step-000004")
+        truncate(ckpts / "last" / "optimizer.pt")
+    elif case == "resume: data changed":
+        stopped(run)
+        with open(Path(load_run_config(run).task["restaurants"].data_dir) / "train.tsv", "a") as f:
+            f.write("A late addition to the training file.\tpositive\n")
+    elif case == "resume: checkpoint from another task set":
+        stopped(run)
+        copy_checkpoint(runs["one task"], run, "last")
+    elif case in ("resume: with overrides", "resume: finished run"):
+        if case == "resume: with overrides":
+            stopped(run)
+    return run
+
+
+RUN_CASES = {
+    # case: (command after the run dir, expected message)
+    "no run directory": (["eval"], "run directory not found"),
+    "not a run directory": (["eval"], "is not an mtl run directory (no config.yaml)"),
+    "half-written run": (["eval"], "has no 'best' checkpoint; the run may have stopped before its first evaluation"),
+    "config.yaml cut short": (["eval"], "config.yaml is unreadable"),
+    "config.yaml empty": (["eval"], "config.yaml is empty"),
+    "missing checkpoint": (["eval"], "has no 'best' checkpoint"),
+    "truncated checkpoint": (["eval"], "model.safetensors is"),
+    "checkpoint from another encoder": (["eval"], "its encoder has config_overrides="),
+    "checkpoint from another task set": (["eval"], "it holds tasks ['restaurants'], this run trains"),
+    "checkpoint from another run with the same setup": (["eval"], "written under a different config.yaml"),
+    "asks to instantiate a callable": (["eval"], "asks to instantiate `_target_: os.system`"),
+    "asks for remote code": (["eval"], "pass trust_remote_code=true on this command line"),
+    "bad split": (["eval", "split=train"], "split must be test or validation"),
+    "bad checkpoint name": (["eval", "checkpoint=final"], "checkpoint must be best, last, best-<task> or step-<n>"),
+    "unknown eval argument": (["eval", "foo=1"], "unknown argument 'foo=1'"),
+    "task the run never trained": (["eval", "tasks=yelp"], "never trained task(s) ['yelp']"),
+    "resume: not a run directory": (["resume"], "is not an mtl run directory"),
+    "resume: half-written config": (["resume"], "config.yaml is unreadable"),
+    "resume: with overrides": (["resume", "trainer.lr=1"], "a resumed run keeps the config it started with"),
+    "resume: finished run": (["resume"], "has finished (results.json exists); nothing to resume"),
+    "resume: truncated last, nothing older": (["resume"], "optimizer.pt is"),
+    "resume: data changed": (["resume"], "the training data of task(s) ['restaurants'] changed"),
+    "resume: checkpoint from another task set": (["resume"], "it holds tasks ['restaurants']"),
+    "resume: asks for remote code": (["resume"], "pass trust_remote_code=true"),
+}
+# Resume cases reuse eval cases' damage where it is the same.
+SAME_DAMAGE = {
+    "resume: not a run directory": "not a run directory",
+    "resume: half-written config": "config.yaml cut short",
+    "resume: asks for remote code": "asks for remote code",
+}
+
+
+@pytest.mark.parametrize("case", list(RUN_CASES))
+def test_bad_run_directory_or_checkpoint(case: str, runs: dict[str, Path], tmp_path: Path) -> None:
+    command, message = RUN_CASES[case]
+    run = make_run(SAME_DAMAGE.get(case, case), runs, tmp_path)
+    before = tree_digest(tmp_path / "runs") if run.exists() else None
+    made = tree_digest(runs["smoke"].parents[1])
+    if command[0] == "eval":
+        proc = run_mtl("eval", str(run), *command[1:], cwd=tmp_path)
+    else:
+        proc = run_mtl("train", f"resume={run}", *command[1:], cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr + proc.stdout
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mtl: error: "), proc.stderr
+    assert message in lines[0]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    if before is not None:
+        assert tree_digest(tmp_path / "runs") == before
+    assert tree_digest(runs["smoke"].parents[1]) == made

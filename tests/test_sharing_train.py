@@ -111,11 +111,13 @@ def test_gradient_surgery_needs_a_trainable_shared_encoder() -> None:
 def test_eval_refuses_an_adapter_run_whose_base_cannot_be_rebuilt(tmp_path: Path) -> None:
     """A random-init base is rebuilt from the training seed: a changed seed must be caught, not scored."""
     from mtl_cli.errors import MtlError
+    from mtl_cli.rundir import write_manifest
 
     run = tiny_run(tmp_path, "sharing=adapters", "sharing.lora_r=4")
     base = run / "checkpoints" / "best" / "base_encoder.json"
     ref = json.loads(base.read_text())
     assert ref["fingerprint"]
     base.write_text(json.dumps({**ref, "seed": ref["seed"] + 1}))
+    write_manifest(base.parent)  # an intact checkpoint whose base no longer rebuilds (else the SHA-256 fails first)
     with pytest.raises(MtlError, match="base encoder differs"):
         evaluate_run(str(run), split="test")

@@ -16,10 +16,10 @@ from mtl_cli.config import to_typed
 from mtl_cli.rundir import claim_run_dir
 from tests.conftest import run_dirs, run_mtl
 
-CHECKPOINT = {"model.safetensors", "encoder/config.json", "labels.json", "trainer_state.json"}
+CHECKPOINT = {"model.safetensors", "encoder/config.json", "labels.json", "trainer_state.json", "manifest.json"}
 RUN_FILES = {
     "config.yaml", "overrides.yaml", "train.log", "data_check.json", "parameters.json",
-    "metrics.jsonl", "metrics.md", "metrics.csv", "results.json", "curves.png",
+    "metrics.jsonl", "metrics.md", "metrics.csv", "results.json", "curves.png", "timing.json",
 }  # fmt: skip
 TASKS = ["restaurants", "electronics"]
 
@@ -39,10 +39,12 @@ def smoke_run(tmp_path_factory) -> Path:
 
 
 def test_run_directory_holds_exactly_the_expected_files(smoke_run: Path) -> None:
-    expected = RUN_FILES | {f"checkpoints/{c}/{f}" for c in ("best", "last") for f in CHECKPOINT}
-    expected.add("checkpoints/last/optimizer.pt")
+    # 8 steps, evaluated at 4 and 8: `last` is step 8, the previous one is kept (keep_checkpoints=2).
+    kept = ("best", "last", "step-000004")
+    expected = RUN_FILES | {f"checkpoints/{c}/{f}" for c in kept for f in CHECKPOINT}
+    expected |= {"checkpoints/last/optimizer.pt", "checkpoints/step-000004/optimizer.pt"}
     assert file_set(smoke_run) == expected
-    for which in ("best", "last"):
+    for which in kept:
         assert (smoke_run / "checkpoints" / which / "tokenizer" / "tokenizer_config.json").is_file()
     assert smoke_run.parent.parent.name == "runs" and smoke_run.name.endswith("_restaurants+electronics")
 
