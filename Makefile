@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast lint check clean
+.PHONY: help install demo test test-fast lint check bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ lint: install ## ruff
 	$(BIN)/ruff check mtl_cli tests
 
 check: lint test ## lint + tests, as CI runs them
+
+bench: install ## throughput: mtl vs a hand-written loop vs HF Trainer (MiniLM, FDU-MTL; ~10 min), writes bench.json
+	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
 
 clean: ## remove .venv and caches (runs/ is kept)
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -2,8 +2,8 @@
 
 Each batch is padded only to its own longest sequence (dynamic padding); the task type's
 `collate` builds its tensors. Training order and any random masking are pure functions of
-(seed, epoch, position), so the position in the data is two integers, which is all a resumed
-run needs.
+(seed, epoch, batch number), so the position in the data is two integers, which is all a
+resumed run needs.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import numpy as np
+
+from mtl_cli.errors import MtlError
 
 Columns = dict[str, list]
 
@@ -20,33 +22,55 @@ def rows(columns: Columns, idx) -> list[dict]:
 
 
 class TaskBatches:
-    """Endless shuffled epochs over one task's training examples."""
+    """Endless shuffled epochs over one task's training examples.
 
-    def __init__(self, columns: Columns, collate: Callable, batch_size: int, pad_id: int, seed: int):
+    With `group` > 1 (length grouping), each epoch's shuffled examples are cut into groups of
+    `group` batches; each group is sorted by length and cut into batches, and all the epoch's
+    batches are then shuffled. A batch so holds examples of similar length (little padding),
+    while which examples meet in a batch, and the order of batches, stay random. `group` <= 1
+    gives plain random batches.
+    """
+
+    def __init__(self, columns: Columns, collate: Callable, batch_size: int, pad_id: int, seed: int, group: int = 0):
         self.columns, self.collate = columns, collate
-        self.batch_size, self.pad_id, self.seed = batch_size, pad_id, seed
+        self.batch_size, self.pad_id, self.seed, self.group = batch_size, pad_id, seed, group
         self.size = len(columns["input_ids"])
-        self.epoch, self.position = 0, 0
-        self._order = self._permutation()
+        self.lengths = np.fromiter(map(len, columns["input_ids"]), dtype=np.int64, count=self.size)
+        self.epoch, self.batch = 0, 0
+        self._batches = self._plan()
 
-    def _permutation(self) -> np.ndarray:
-        return np.random.default_rng([self.seed, self.epoch]).permutation(self.size)
+    def _plan(self) -> list[np.ndarray]:
+        """The epoch's batches, a pure function of (seed, epoch)."""
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order, bs = rng.permutation(self.size), self.batch_size
+        if self.group <= 1:
+            return [order[i : i + bs] for i in range(0, self.size, bs)]
+        batches = []
+        for start in range(0, self.size, bs * self.group):
+            chunk = order[start : start + bs * self.group]
+            chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")]
+            batches += [chunk[i : i + bs] for i in range(0, len(chunk), bs)]
+        return [batches[i] for i in rng.permutation(len(batches))]
 
     def next_batch(self) -> dict:
-        if self.position >= self.size:
-            self.epoch, self.position = self.epoch + 1, 0
-            self._order = self._permutation()
-        idx = self._order[self.position : self.position + self.batch_size]
-        rng = np.random.default_rng([self.seed, self.epoch, self.position])
-        self.position += len(idx)
+        if self.batch >= len(self._batches):
+            self.epoch, self.batch = self.epoch + 1, 0
+            self._batches = self._plan()
+        idx = self._batches[self.batch]
+        rng = np.random.default_rng([self.seed, self.epoch, self.batch])  # e.g. MLM masking
+        self.batch += 1
         return self.collate(rows(self.columns, idx), self.pad_id, rng)
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position}
+        return {"epoch": self.epoch, "batch": self.batch}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch, self.position = state["epoch"], state["position"]
-        self._order = self._permutation()
+        if "batch" not in state:
+            raise MtlError(
+                "this checkpoint was written by an older mtl whose batch order differs; it cannot be resumed"
+            )
+        self.epoch, self.batch = state["epoch"], state["batch"]
+        self._batches = self._plan()
 
 
 def eval_batches(columns: Columns, collate: Callable, batch_size: int, pad_id: int) -> Iterator[dict]:

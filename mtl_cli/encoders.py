@@ -40,15 +40,15 @@ def load_encoder(cfg: EncoderConfig) -> tuple[Any, Any]:
     kwargs = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        config = AutoConfig.from_pretrained(source, **kwargs)
+        for key, value in cfg.config_overrides.items():
+            if not hasattr(config, key):
+                raise MtlError(f"`encoder.config_overrides.{key}` is not a setting of {type(config).__name__}")
+            setattr(config, key, value)
         if cfg.random_init:
-            config = AutoConfig.from_pretrained(source, **kwargs)
-            for key, value in cfg.config_overrides.items():
-                if not hasattr(config, key):
-                    raise MtlError(f"`encoder.config_overrides.{key}` is not a setting of {type(config).__name__}")
-                setattr(config, key, value)
             model = AutoModel.from_config(config, trust_remote_code=cfg.trust_remote_code)
         else:
-            model = AutoModel.from_pretrained(source, **kwargs)
+            model = AutoModel.from_pretrained(source, config=config, **kwargs)
     except (OSError, ValueError) as err:
         first = first_line(err)
         raise MtlError(

@@ -28,6 +28,8 @@ def evaluate_run(
     trust_remote_code: bool = False,
 ) -> dict:
     """Returns {task: {metric: value}, "average": {...}} and writes eval/<checkpoint>_<split>.{md,csv,json}."""
+    import torch
+
     from mtl_cli.encoders import encoder_from_checkpoint
     from mtl_cli.evaluate import evaluate
     from mtl_cli.model import build_model
@@ -43,7 +45,7 @@ def evaluate_run(
         unique_path,
         write_json,
     )
-    from mtl_cli.train import load_tasks, setup_torch, tokenize_tasks
+    from mtl_cli.train import load_tasks, setup_torch, tokenize_tasks, use_bf16
 
     if split not in ("test", "validation"):
         raise MtlError(f"split must be test or validation; got split={split}")
@@ -73,8 +75,6 @@ def evaluate_run(
     if base is not None:
         # The checkpoint holds only what was trained (adapters, heads): rebuild the frozen base the
         # way training built it (same weights, or the same seed for a random-init base).
-        import torch
-
         from mtl_cli.encoders import load_encoder
 
         torch.manual_seed(base["seed"])
@@ -89,7 +89,8 @@ def evaluate_run(
     data = tokenize_tasks(loaded, tokenizer)
     types = {n: tc.type for n, tc in cfg.task.items()}
     batch = batch_size or cfg.trainer.eval_batch_size
-    results = evaluate(model, data[split], types, labels, batch, tokenizer.pad_token_id)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(cfg.trainer.precision, device)):
+        results = evaluate(model, data[split], types, labels, batch, tokenizer.pad_token_id)
     rows = table_rows({split: results}, {n: {"examples": len(data[split][n]["input_ids"])} for n in loaded})
     out_dir = run_dir / "eval"
     out_dir.mkdir(exist_ok=True)

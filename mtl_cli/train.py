@@ -57,14 +57,43 @@ def absolute_paths(cfg: MtlConfig) -> MtlConfig:
 def setup_torch(cfg: MtlConfig) -> Any:
     import torch
 
-    if cfg.trainer.threads:
-        torch.set_num_threads(cfg.trainer.threads)
+    # One thread per physical core: hyperthread siblings share the matrix units and only add contention.
+    torch.set_num_threads(cfg.trainer.threads or physical_cores())
     if cfg.trainer.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         return torch.device(cfg.trainer.device)
     except RuntimeError:
         raise MtlError(f"`trainer.device` must be auto, cpu or cuda[:N]; got {cfg.trainer.device!r}") from None
+
+
+def physical_cores() -> int:
+    """Physical cores among the CPUs this process may use (Linux topology; else every CPU counts)."""
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    cores = set()
+    for cpu in cpus:
+        try:
+            cores.add(Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/core_cpus_list").read_text().strip())
+        except OSError:
+            cores.add(str(cpu))
+    return max(1, len(cores))
+
+
+def use_bf16(precision: str, device: Any) -> bool:
+    """Whether forward passes run under bfloat16 autocast (trainer.precision)."""
+    return precision == "bf16" or (precision == "auto" and bf16_supported(device))
+
+
+def bf16_supported(device: Any) -> bool:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def setup_logging(run_dir: Path | None) -> None:
@@ -97,7 +126,8 @@ def build_optimizer(model: Any, cfg: MtlConfig, total_steps: int, extra: list = 
     groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if extra:  # learnable loss weights (uncertainty): not decayed, which would pull them to 0
         groups.append({"params": list(extra), "weight_decay": 0.0})
-    opt = torch.optim.AdamW(groups, lr=t.lr)
+    # fused: one kernel over all parameters, ~5x faster than the per-tensor loop on CPU too.
+    opt = torch.optim.AdamW(groups, lr=t.lr, fused=True)
     sched = get_linear_schedule_with_warmup(opt, int(t.warmup_ratio * total_steps), total_steps)
     return opt, sched
 
@@ -232,7 +262,10 @@ def build_loop(p: SimpleNamespace, run_dir: Path, resumed: bool = False) -> Trai
     typed, t = p.cfg, p.cfg.trainer
     setup_logging(run_dir)
     log.info("%s directory: %s", "resuming run" if resumed else "run", run_dir)
-    log.info("device: %s, torch threads: %d", p.device, torch.get_num_threads())
+    log.info(
+        "device: %s, torch threads: %d (%s)", p.device, torch.get_num_threads(),
+        "trainer.threads" if typed.trainer.threads else f"one per physical core: {physical_cores()}",
+    )  # fmt: skip
     for name, task in p.tasks.items():
         log.info("task %s (%s): %s labels %s", name, task.cfg.type, task.sizes(), task.labels)
     write_json(run_dir / "data_check.json", p.data_report)
@@ -262,10 +295,25 @@ def build_loop(p: SimpleNamespace, run_dir: Path, resumed: bool = False) -> Trai
     types = {n: tc.type for n, tc in typed.task.items()}
     batches = {
         name: TaskBatches(
-            d, task_types.get(types[name]).collate, t.batch_size, p.tokenizer.pad_token_id, typed.seed * 1000 + i
-        )
+            d,
+            task_types.get(types[name]).collate,
+            t.batch_size,
+            p.tokenizer.pad_token_id,
+            typed.seed * 1000 + i,
+            group=t.length_grouping,
+        )  # fmt: skip
         for i, (name, d) in enumerate(p.data["train"].items())
     }
+    if t.precision == "bf16" and not bf16_supported(p.device):
+        log.warning("trainer.precision=bf16: this %s has no native bfloat16 units, so it may be slower", p.device)
+    log.info(
+        "precision %s (trainer.precision=%s), length grouping %s, %s",
+        "bf16 autocast" if use_bf16(t.precision, p.device) else "fp32", t.precision,
+        f"{t.length_grouping} batches" if t.length_grouping > 1 else "off",
+        "torch.compile on (the first steps compile)" if t.compile else "eager",
+    )  # fmt: skip
+    if t.compile:
+        model.trunk.compile(dynamic=True)  # in place: parameter names (and checkpoints) stay as they are
     loop = TrainLoop(
         typed, run_dir, model, p.tokenizer, labels, opt, sched, p.sampler, batches, p.data, p.device, p.weighting
     )
@@ -319,6 +367,7 @@ class TrainLoop:
         self.cfg, self.run_dir, self.model, self.tokenizer, self.labels = cfg, run_dir, model, tokenizer, labels
         self.opt, self.sched, self.sampler, self.batches, self.data = opt, sched, sampler, batches, data
         self.device, self.weighting = device, weighting
+        self.bf16 = use_bf16(cfg.trainer.precision, device)
         self.shared = model.shared_parameters()
         from mtl_cli import task_types
         from mtl_cli.early_stopping import TaskEarlyStopping
@@ -392,7 +441,8 @@ class TrainLoop:
         losses, batches = {}, {}
         for task in step_tasks:
             batch = batches[task] = {k: v.to(self.device) for k, v in self.batches[task].next_batch().items()}
-            losses[task] = self.types[task].loss(self.model(task, batch), batch)
+            with self.autocast():
+                losses[task] = self.types[task].loss(self.model(task, batch), batch)
             n = batch["input_ids"].shape[0]
             self.seen[task] += n
             self.timing["train_examples"] += n
@@ -419,6 +469,11 @@ class TrainLoop:
         self.sched.step()
         self.step += 1
         return step_tasks
+
+    def autocast(self):
+        import torch
+
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
     def nonfinite(self, what: str, batches: dict) -> None:
         """A NaN/inf loss or gradient: skip the update (trainer.nonfinite=skip) or save the evidence and stop."""
@@ -519,7 +574,8 @@ class TrainLoop:
         data = {n: d for n, d in self.data[split].items() if tasks is None or n in tasks}
         t = self.cfg.trainer
         began = time.perf_counter()
-        results = evaluate(self.model, data, types, self.labels, t.eval_batch_size, self.tokenizer.pad_token_id)
+        with self.autocast():
+            results = evaluate(self.model, data, types, self.labels, t.eval_batch_size, self.tokenizer.pad_token_id)
         self.timing["eval_seconds"] += time.perf_counter() - began
         self.timing["eval_examples"] += sum(len(d["input_ids"]) for d in data.values())
         return results

@@ -44,7 +44,8 @@ class MMoETrunk(nn.Module):
 
     def forward(self, task: str, **inputs: torch.Tensor) -> torch.Tensor:
         hidden = self.encoder(**inputs).last_hidden_state  # [B, T, H]
-        gates = torch.softmax(self.gates[task](masked_mean(hidden, inputs.get("attention_mask"))), dim=-1)  # [B, E]
+        logits = self.gates[task](masked_mean(hidden, inputs.get("attention_mask")))
+        gates = torch.softmax(logits.float(), dim=-1)  # [B, E]; in fp32 under bf16 autocast: weights sum to 1
         experts = torch.stack([expert(hidden) for expert in self.experts], dim=-1)  # [B, T, H, E]
         mixed = (experts * gates[:, None, None, :]).sum(-1)
         self._record(task, gates.detach())
