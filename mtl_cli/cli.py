@@ -172,6 +172,8 @@ def resume_command(run_dir: str, rest: list[str]) -> None:
         resume(Path(run_dir), trust_remote_code=len(rest) > len(extra))
     except MtlError as err:
         fail(str(err), err.exit_code)
+    except KeyboardInterrupt:  # before training went on: the run directory is as it was
+        fail(f"interrupted before training went on; nothing was trained: mtl train resume={run_dir}", 130)
 
 
 def hydra_train() -> None:
