@@ -61,6 +61,14 @@ def workdir(tmp_path: Path) -> Path:
     return tmp_path
 
 
+def assert_one_line_error(proc, message: str) -> None:
+    assert proc.returncode == 2, proc.stderr + proc.stdout
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mtl: error: "), proc.stderr
+    assert message in lines[0]
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
 CASES = {
     "unknown task": (["task=yelpp"], "unknown task 'yelpp'; known:"),
     "misspelt key": (["trainer.lrr=1e-4"], "unknown config key `trainer.lrr`"),
@@ -96,11 +104,7 @@ def test_bad_train_input(workdir: Path, case: str) -> None:
     args, message = CASES[case]
     before = tree_digest(workdir / "runs")
     proc = run_mtl("train", "--config-dir", str(workdir / "myconf"), *SMOKE, *args, cwd=workdir)
-    assert proc.returncode == 2, proc.stderr + proc.stdout
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("mtl: error: "), proc.stderr
-    assert message in lines[0]
-    assert "Traceback" not in proc.stdout + proc.stderr
+    assert_one_line_error(proc, message)
     assert tree_digest(workdir / "runs") == before
     assert len(run_dirs(workdir / "runs")) == 1  # only the earlier run
 
@@ -201,10 +205,9 @@ def make_run(case: str, runs: dict[str, Path], tmp_path: Path) -> Path:
     elif case == "resume: checkpoint from another task set":
         stopped(run)
         copy_checkpoint(runs["one task"], run, "last")
-    elif case in ("resume: with overrides", "resume: finished run"):
-        if case == "resume: with overrides":
-            stopped(run)
-    return run
+    elif case == "resume: with overrides":
+        stopped(run)
+    return run  # "resume: finished run" needs no damage
 
 
 RUN_CASES = {
@@ -252,11 +255,7 @@ def test_bad_run_directory_or_checkpoint(case: str, runs: dict[str, Path], tmp_p
         proc = run_mtl("eval", str(run), *command[1:], cwd=tmp_path)
     else:
         proc = run_mtl("train", f"resume={run}", *command[1:], cwd=tmp_path)
-    assert proc.returncode == 2, proc.stderr + proc.stdout
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("mtl: error: "), proc.stderr
-    assert message in lines[0]
-    assert "Traceback" not in proc.stdout + proc.stderr
+    assert_one_line_error(proc, message)
     if before is not None:
         assert tree_digest(tmp_path / "runs") == before
     assert tree_digest(runs["smoke"].parents[1]) == made
