@@ -304,19 +304,19 @@ def build_loop(p: SimpleNamespace, run_dir: Path, resumed: bool = False) -> Trai
         )  # fmt: skip
         for i, (name, d) in enumerate(p.data["train"].items())
     }
-    if t.precision == "bf16" and not bf16_supported(p.device):
-        log.warning("trainer.precision=bf16: this %s has no native bfloat16 units, so it may be slower", p.device)
-    log.info(
-        "precision %s (trainer.precision=%s), length grouping %s, %s",
-        "bf16 autocast" if use_bf16(t.precision, p.device) else "fp32", t.precision,
-        f"{t.length_grouping} batches" if t.length_grouping > 1 else "off",
-        "torch.compile on (the first steps compile)" if t.compile else "eager",
-    )  # fmt: skip
     if t.compile:
         model.trunk.compile(dynamic=True)  # in place: parameter names (and checkpoints) stay as they are
     loop = TrainLoop(
         typed, run_dir, model, p.tokenizer, labels, opt, sched, p.sampler, batches, p.data, p.device, p.weighting
     )
+    if t.precision == "bf16" and not bf16_supported(p.device):
+        log.warning("trainer.precision=bf16: this %s has no native bfloat16 units, so it may be slower", p.device)
+    log.info(
+        "precision %s (trainer.precision=%s), length grouping %s, %s",
+        "bf16 autocast" if loop.bf16 else "fp32", t.precision,
+        f"{t.length_grouping} batches" if t.length_grouping > 1 else "off",
+        "torch.compile on (the first steps compile)" if t.compile else "eager",
+    )  # fmt: skip
     loop.data_fingerprint = p.data_fingerprint
     return loop
 
