@@ -17,9 +17,10 @@ import time
 from typing import Any
 
 from mtl_cli.compose import compose_config
-from mtl_cli.config import MtlConfig, to_typed
+from mtl_cli.config import MtlConfig
 from mtl_cli.encoders import resolve_source
-from mtl_cli.train import load_tasks
+from mtl_cli.tasks import load_tasks
+from mtl_cli.validation import to_typed
 
 NUM_LABELS = 2  # FDU-MTL is binary sentiment
 

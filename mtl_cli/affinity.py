@@ -246,19 +246,18 @@ def _json_matrix(matrix: Matrix) -> list[list[float | None]]:
 
 
 class AffinityRecorder:
-    """`<run_dir>/affinity.jsonl`: one line {step, kind, tasks, matrix} per measurement; `affinity.png`.
+    """`path` (a run's affinity.jsonl): one line {step, kind, tasks, matrix} per measurement; heatmaps beside it.
 
     `every`: measure when `due(step)` (step % every == 0); 0 turns it off. `summary` and `plot`
     read the file, so a resumed run's earlier measurements count (a step measured twice, before
     and after a resume, counts once: the later line).
     """
 
-    def __init__(self, run_dir: str | Path, every: int):
+    def __init__(self, path: str | Path, every: int):
         if every < 0:
             raise ValueError(f"every must be >= 0, got {every}")
-        self.run_dir = Path(run_dir)
+        self.path = Path(path)
         self.every = every
-        self.path = self.run_dir / "affinity.jsonl"
 
     def due(self, step: int) -> bool:
         return self.every > 0 and step > 0 and step % self.every == 0
@@ -268,7 +267,7 @@ class AffinityRecorder:
         if len(matrix) != n or any(len(row) != n for row in matrix):
             raise ValueError(f"matrix must be {n}x{n} for tasks {tasks}")
         line = {"step": int(step), "kind": kind, "tasks": list(tasks), "matrix": _json_matrix(matrix)}
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(line) + "\n")
 
@@ -314,7 +313,7 @@ class AffinityRecorder:
         kinds = self.kinds()
         if not kinds:
             return None
-        path = Path(path) if path is not None else self.run_dir / "affinity.png"
+        path = Path(path) if path is not None else self.path.with_suffix(".png")
         n = len(self.records(kinds[0])[-1]["tasks"])
         side = max(3.2, 0.9 * n + 1.8)
         fig = Figure(figsize=(2.3 * side, 1.1 * side * len(kinds)), layout="constrained")

@@ -1,4 +1,4 @@
-"""Batches: shuffled single-task training batches and length-sorted evaluation batches.
+"""Batches: shuffled single-task training batches, length-sorted evaluation batches, padding.
 
 Each batch is padded only to its own longest sequence (dynamic padding); the task type's
 `collate` builds its tensors. Training order and any random masking are pure functions of
@@ -9,8 +9,10 @@ resumed run needs.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
+import torch
 
 from mtl_cli.errors import MtlError
 
@@ -80,3 +82,29 @@ def eval_batches(columns: Columns, collate: Callable, batch_size: int, pad_id: i
     rng = np.random.default_rng(0)
     for start in range(0, len(order), batch_size):
         yield collate(rows(columns, order[start : start + batch_size]), pad_id, rng)
+
+
+def pad_inputs(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """input_ids padded to the longest row of this batch, attention_mask, token_type_ids if present."""
+    longest = max(len(r["input_ids"]) for r in rows)
+    input_ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), longest), dtype=torch.long)
+    for i, r in enumerate(rows):
+        n = len(r["input_ids"])
+        input_ids[i, :n] = torch.tensor(r["input_ids"], dtype=torch.long)
+        attention_mask[i, :n] = 1
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if "token_type_ids" in rows[0]:
+        token_type_ids = torch.zeros((len(rows), longest), dtype=torch.long)
+        for i, r in enumerate(rows):
+            token_type_ids[i, : len(r["token_type_ids"])] = torch.tensor(r["token_type_ids"], dtype=torch.long)
+        batch["token_type_ids"] = token_type_ids
+    return batch
+
+
+def pad_sequences(seqs: list[list], value: Any, dtype: torch.dtype) -> torch.Tensor:
+    """Per-token values (tags, MLM targets) padded to the longest row with `value`."""
+    out = torch.full((len(seqs), max(len(s) for s in seqs)), value, dtype=dtype)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = torch.tensor(s, dtype=dtype)
+    return out

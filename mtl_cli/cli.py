@@ -5,7 +5,7 @@
     mtl transfer [overrides] [seeds=[..]] single-task baselines vs the multi-task run
     mtl report FOLDER                    one table and plot across the runs under FOLDER
     mtl data check [overrides]           counts, labels, empty/over-long texts, duplicates, leakage
-    mtl tasks                            the built-in task configs
+    mtl tasks [--config-dir DIR]         the task configs: built-in, and DIR's own
 
 Heavy libraries (torch, transformers, datasets) are imported only by the command that needs them.
 """
@@ -36,7 +36,7 @@ commands:
                               texts, duplicates, train/test overlap within and across tasks;
                               e.g. mtl data check task=emotion+sentences/yelp data_root=../shared/data
                               (--config-dir DIR for your own tasks, --out FILE for the JSON report)
-  tasks                       list the built-in tasks
+  tasks [--config-dir DIR]    list the built-in tasks, and your own under DIR/task/
 
 The run directory (runs/<date>/<time>_<tasks>/) holds config.yaml, checkpoints/, metrics.jsonl,
 metrics.md/.csv, results.json and train.log.
@@ -126,6 +126,15 @@ def main(argv: list[str] | None = None) -> None:
 def train_command(args: list[str]) -> None:
     from mtl_cli.errors import MtlError
 
+    completion = shell_completion_arg(args)
+    if completion is not None:
+        # Hydra's own bash script would call `mtl -sc ...` without `train` (see completion.py).
+        from mtl_cli.completion import shell_completion
+
+        try:
+            return shell_completion(completion, rewrite_overrides, hydra_train)
+        except MtlError as err:
+            fail(str(err))
     resume_dir, rest = resume_args(args)
     if resume_dir is not None:
         return resume_command(resume_dir, rest)
@@ -141,6 +150,16 @@ def train_command(args: list[str]) -> None:
             fail(str(err))
     sys.argv = ["mtl train", *args]
     hydra_train()
+
+
+def shell_completion_arg(args: list[str]) -> str | None:
+    """The value of `--shell-completion X` / `-sc X` / `--shell-completion=X`; None without."""
+    for i, arg in enumerate(args):
+        if arg in ("--shell-completion", "-sc"):
+            return args[i + 1] if i + 1 < len(args) else ""
+        if arg.startswith("--shell-completion="):
+            return arg.partition("=")[2]
+    return None
 
 
 def resume_args(args: list[str]) -> tuple[str | None, list[str]]:
@@ -273,9 +292,9 @@ def data_command(args: list[str]) -> None:
         else:
             overrides.append(arg)
     from mtl_cli.compose import check_task_names, compose_config
-    from mtl_cli.config import to_typed
     from mtl_cli.datacheck import run_data_check
     from mtl_cli.errors import MtlError
+    from mtl_cli.validation import to_typed
 
     try:
         composed = compose_config(overrides, flags.get("--config-dir") or flags.get("-cd"))
@@ -290,9 +309,9 @@ def transfer_command(args: list[str]) -> None:
         print("usage: mtl transfer [task=a+b+c] [other overrides] [seeds=[1,2,3]] [--config-dir DIR]")
         return
     from mtl_cli.compose import check_overrides, compose_config
-    from mtl_cli.config import to_typed
     from mtl_cli.errors import MtlError
     from mtl_cli.transfer import parse_seeds, run_transfer
+    from mtl_cli.validation import to_typed
 
     seeds_text, overrides, flags = None, [], {}
     it = iter(rewrite_overrides(args))
@@ -332,9 +351,24 @@ def report_command(args: list[str]) -> None:
 
 
 def tasks_command(args: list[str]) -> None:
+    """The task names `task=` accepts: the built-in ones and, with --config-dir, the user's."""
     from mtl_cli.compose import known_options
 
-    for name in known_options("task"):
+    config_dirs, it = [], iter(args)
+    for arg in it:
+        name, eq, value = arg.partition("=")
+        if name in ("--config-dir", "-cd"):
+            config_dirs.append(value if eq else next(it, ""))
+        elif arg in ("-h", "--help"):
+            print("usage: mtl tasks [--config-dir DIR]  (DIR/task/*.yaml are listed with the built-in tasks)")
+            return
+        else:
+            fail(f"unknown argument '{arg}'; mtl tasks takes only --config-dir DIR")
+    for folder in config_dirs:
+        # A mistyped folder would otherwise silently list only the built-in tasks.
+        if not folder or not Path(folder).is_dir():
+            fail(f"--config-dir {folder!r} is not a directory; pass the folder that holds your task/ configs")
+    for name in known_options("task", config_dirs):
         print(name)
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from mtl_cli.config import CONF_DIR, to_typed
+from mtl_cli.config import CONF_DIR
 from mtl_cli.errors import MtlError, first_line
 
 
@@ -76,6 +76,9 @@ def check_overrides(overrides: list[str], flags: dict[str, str], multirun: bool)
     """Compose and validate every configuration the command would run (one sweep axis at a time)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    # Validation reads the plugin modules (torch, ~2 s); `mtl tasks` uses this module without it.
+    from mtl_cli.validation import to_typed
+
     config_dir = flags.get("--config-dir") or flags.get("-cd")
     config_name = flags.get("--config-name") or flags.get("-cn") or "config"
     try:
@@ -121,4 +124,6 @@ def combos_for_tests(overrides: list[list[str]]) -> list[list[str]]:
 
 
 def compose_typed(overrides: list[str] = (), config_dir: str | None = None) -> Any:
+    from mtl_cli.validation import to_typed  # heavy: see check_overrides
+
     return to_typed(compose_config(overrides, config_dir))

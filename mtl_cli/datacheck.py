@@ -33,7 +33,12 @@ from pathlib import Path
 from typing import Any
 
 from mtl_cli.config import SPLITS, MtlConfig
-from mtl_cli.tasks import Task
+from mtl_cli.encoders import resolve_source
+from mtl_cli.errors import MtlError, first_line
+from mtl_cli.hub import hub_offline_mode, hub_reachable
+from mtl_cli.rundir import write_json
+from mtl_cli.tables import print_table, rows_to_markdown
+from mtl_cli.tasks import Task, load_tasks
 
 MAX_EXAMPLES = 3  # examples kept per duplicate or leakage finding
 OVER_LENGTH_SHARE = 0.05  # warn when more of a split than this is longer than max_length
@@ -164,8 +169,6 @@ def leakage_rows(report: dict) -> list[dict]:
 
 def report_markdown(report: dict) -> str:
     """The report as markdown tables plus the warnings (e.g. for a run directory)."""
-    from mtl_cli.rundir import rows_to_markdown
-
     parts = ["## Data check\n\n", rows_to_markdown(report_rows(report))]
     leaks = leakage_rows(report)
     leaks = [{**row, "example": row["example"].replace("|", "\\|")} for row in leaks]
@@ -178,8 +181,6 @@ def report_markdown(report: dict) -> str:
 def print_report(report: dict) -> None:
     from rich.console import Console
     from rich.markup import escape
-
-    from mtl_cli.rundir import print_table
 
     mode = "full" if report["full"] else "quick"
     tok = f", tokens counted with {report['tokenizer']}" if report["tokenizer"] else ", over-long not counted"
@@ -204,10 +205,6 @@ def load_tokenizer(encoder_cfg: Any) -> Any:
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from mtl_cli.encoders import resolve_source
-    from mtl_cli.errors import MtlError, first_line
-    from mtl_cli.tasks import hub_offline_mode, hub_reachable
-
     hf_logging.set_verbosity_error()
     source = resolve_source(encoder_cfg)
     if not Path(source).exists() and not hub_offline_mode() and not hub_reachable():
@@ -224,10 +221,6 @@ def load_tokenizer(encoder_cfg: Any) -> Any:
 
 def run_data_check(cfg: MtlConfig, out_path: Path | None = None, full: bool = True) -> dict:
     """Load the config's tasks (and, if `full`, the encoder's tokenizer), check, print, write JSON."""
-    from mtl_cli.errors import MtlError
-    from mtl_cli.rundir import write_json
-    from mtl_cli.train import load_tasks
-
     tasks = load_tasks(cfg)
     tokenizer, note = None, None
     if full:

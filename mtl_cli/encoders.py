@@ -9,7 +9,7 @@ from typing import Any
 
 from mtl_cli.config import EncoderConfig
 from mtl_cli.errors import MtlError, first_line
-from mtl_cli.tasks import hub_offline_mode, hub_reachable
+from mtl_cli.hub import hub_offline_mode, hub_reachable
 
 
 def resolve_source(cfg: EncoderConfig) -> str:

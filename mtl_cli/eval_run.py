@@ -1,20 +1,29 @@
-"""`mtl eval`: rebuild a run's model from its own config and checkpoint, evaluate, write the table."""
+"""`mtl eval`: rebuild a run's model from its own config and checkpoint, evaluate, write the table.
+
+RUN may be a run directory, `latest`, or a checkpoint folder copied out of its run (each
+checkpoint holds the run's config.yaml); the table goes to the run's `eval/` (a checkpoint's own
+`eval/` when it stands alone).
+"""
 
 from __future__ import annotations
 
-import json
-import re
 from datetime import datetime
 from pathlib import Path
 
+from mtl_cli.checkpoints import (
+    check_checkpoint_origin,
+    checkpoint_name,
+    checkpoint_problem,
+    find_checkpoint,
+    rebuild_model,
+)
+from mtl_cli.device import setup_torch, use_bf16
 from mtl_cli.errors import MtlError
-
-
-def find_latest_run(runs_root: str) -> Path:
-    runs = [p.parent for p in Path(runs_root).glob("**/config.yaml") if (p.parent / "checkpoints").is_dir()]
-    if not runs:
-        raise MtlError(f"no run with checkpoints under {Path(runs_root).resolve()}; train one first (mtl train)")
-    return max(runs, key=lambda p: (p / "config.yaml").stat().st_mtime)
+from mtl_cli.evaluate import Evaluator
+from mtl_cli.rundir import RunDir, find_latest_run, load_run_config, write_json
+from mtl_cli.tables import print_table, table_rows, write_table
+from mtl_cli.tasks import load_tasks
+from mtl_cli.tokenization import tokenize_tasks
 
 
 def evaluate_run(
@@ -28,79 +37,54 @@ def evaluate_run(
     trust_remote_code: bool = False,
 ) -> dict:
     """Returns {task: {metric: value}, "average": {...}} and writes eval/<checkpoint>_<split>.{md,csv,json}."""
-    import torch
-
-    from mtl_cli.encoders import encoder_from_checkpoint
-    from mtl_cli.evaluate import evaluate
-    from mtl_cli.model import build_model
-    from mtl_cli.rundir import (
-        check_checkpoint_origin,
-        find_checkpoint,
-        load_run_config,
-        load_weights,
-        print_table,
-        rows_to_csv,
-        rows_to_markdown,
-        table_rows,
-        unique_path,
-        write_json,
-    )
-    from mtl_cli.train import load_tasks, setup_torch, tokenize_tasks, use_bf16
-
     if split not in ("test", "validation"):
         raise MtlError(f"split must be test or validation; got split={split}")
-    if not re.fullmatch(r"best|last|best-.+|step-\d+", checkpoint):
-        raise MtlError(f"checkpoint must be best, last, best-<task> or step-<n>; got checkpoint={checkpoint}")
-    run_dir = find_latest_run(runs_root) if run == "latest" else Path(run)
-    cfg = load_run_config(run_dir, trust_remote_code)
-    ckpt = find_checkpoint(run_dir, checkpoint)
-    labels, state = check_checkpoint_origin(run_dir, ckpt, cfg)
-    trained_tasks = dict(cfg.task)
+    checkpoint = checkpoint_name(checkpoint)
+    run_dir = find_latest_run(runs_root) if run == "latest" else RunDir(Path(run))
+    if (run_dir.path / "model.safetensors").is_file() and run_dir.is_run():  # a checkpoint on its own
+        ckpt, out = run_dir.path, RunDir(run_dir.path)
+        problem = checkpoint_problem(ckpt)
+        if problem is not None:
+            raise MtlError(f"{ckpt} is damaged: {problem}")
+    else:
+        ckpt, out = None, run_dir
+    cfg = load_run_config(run_dir.path, trust_remote_code)
+    ckpt = ckpt or find_checkpoint(run_dir, checkpoint)
+    labels, state = check_checkpoint_origin(run_dir.config, ckpt, cfg)
     if tasks:
         unknown = [t for t in tasks if t not in cfg.task]
         if unknown:
             raise MtlError(f"this run never trained task(s) {unknown}; its tasks are {list(cfg.task)} (tasks=...)")
-        cfg.task = {name: cfg.task[name] for name in tasks}
     if data_root:
         cfg.data_root = str(Path(data_root).resolve())
-    device = setup_torch(cfg)
+    device = setup_torch(cfg.trainer.device, cfg.trainer.threads)
 
     # Same task configs and split_seed as in training, so carved splits hold the same examples.
-    loaded = load_tasks(cfg)
+    chosen = {name: cfg.task[name] for name in tasks or cfg.task}
+    loaded = load_tasks(cfg, chosen)
     for name, task in loaded.items():
         if task.labels != labels.get(name):
             raise MtlError(f"task '{name}' now has labels {task.labels}, the checkpoint has {labels.get(name)}")
-    encoder, tokenizer = encoder_from_checkpoint(ckpt)
-    base = json.loads((ckpt / "base_encoder.json").read_text()) if (ckpt / "base_encoder.json").is_file() else None
-    if base is not None:
-        # The checkpoint holds only what was trained (adapters, heads): rebuild the frozen base the
-        # way training built it (same weights, or the same seed for a random-init base).
-        from mtl_cli.encoders import load_encoder
-
-        torch.manual_seed(base["seed"])
-        encoder, _ = load_encoder(cfg.encoder)
-        if encoder.get_input_embeddings().weight.shape[0] != len(tokenizer):
-            encoder.resize_token_embeddings(len(tokenizer))
-    model = build_model(encoder, trained_tasks, labels, cfg.sharing)  # every head, to match the weights
-    if base is not None and hasattr(model.trunk, "check_base"):
-        model.trunk.check_base(base)
-    load_weights(model, ckpt)
+    model, tokenizer = rebuild_model(ckpt, cfg, labels)  # every head, to match the weights
     model.to(device)
     data = tokenize_tasks(loaded, tokenizer)
-    types = {n: tc.type for n, tc in cfg.task.items()}
-    batch = batch_size or cfg.trainer.eval_batch_size
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(cfg.trainer.precision, device)):
-        results = evaluate(model, data[split], types, labels, batch, tokenizer.pad_token_id)
+    evaluator = Evaluator(
+        model, data, {n: tc.type for n, tc in chosen.items()}, labels,
+        batch_size or cfg.trainer.eval_batch_size, tokenizer.pad_token_id, device,
+        use_bf16(cfg.trainer.precision, device),
+    )  # fmt: skip
+    results = evaluator(split)
     rows = table_rows({split: results}, {n: {"examples": len(data[split][n]["input_ids"])} for n in loaded})
-    out_dir = run_dir / "eval"
-    out_dir.mkdir(exist_ok=True)
-    stem = out_dir / f"{checkpoint}_{split}"
-    md = unique_path(stem.with_suffix(".md"))
-    header = f"`mtl eval` of checkpoints/{checkpoint} (step {state.get('step')}) on {split}, {datetime.now():%Y-%m-%d %H:%M:%S}.\n\n"
-    md.write_text(header + rows_to_markdown(rows), encoding="utf-8")
-    md.with_suffix(".csv").write_text(rows_to_csv(rows), encoding="utf-8")
     clean = {task: {m: v for m, v in metrics.items() if m != "loss"} for task, metrics in results.items()}
-    write_json(md.with_suffix(".json"), clean)
-    print_table(rows, f"{run_dir} checkpoints/{checkpoint} on {split}")
+    name = ckpt.name if out.path == ckpt else checkpoint
+    print_table(rows, f"{ckpt} on {split}")
+    try:
+        out.eval_dir.mkdir(exist_ok=True)
+        md = out.eval_table(name, split)
+        header = f"`mtl eval` of {name} (step {state.get('step')}) on {split}, {datetime.now():%Y-%m-%d %H:%M:%S}.\n\n"
+        write_table(md, rows, header)
+        write_json(md.with_suffix(".json"), clean)
+    except OSError as err:
+        raise MtlError(f"evaluated (table above) but could not write {out.eval_dir}: {err.strerror}") from None
     print(f"wrote {md}")
     return clean

@@ -1,13 +1,23 @@
-"""Per-task metrics (each task type's own) and their average over tasks."""
+"""Per-task metrics (each task type's own), their average over tasks, and a run's final scoring."""
 
 from __future__ import annotations
 
+import logging
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from mtl_cli import task_types
 from mtl_cli.batches import eval_batches
+from mtl_cli.checkpoints import load_weights
+from mtl_cli.device import autocast
+from mtl_cli.plots import training_curves
+from mtl_cli.rundir import write_json
+from mtl_cli.tables import print_table, table_rows, write_table
+
+log = logging.getLogger("mtl")
 
 
 @torch.inference_mode()
@@ -50,3 +60,83 @@ def average(results: dict, types: dict[str, str]) -> dict[str, float]:
         values = [r[m] for r in scored.values() if m in r]
         out[m] = sum(values) / len(values)
     return out
+
+
+class Evaluator:
+    """The validation and test passes of a training run, under its precision, timed for timing.json."""
+
+    def __init__(self, model: Any, data: dict, type_names: dict[str, str], labels: dict, batch_size: int,
+                 pad_id: int, device: Any, bf16: bool) -> None:  # fmt: skip
+        self.model, self.data, self.type_names, self.labels = model, data, type_names, labels
+        self.batch_size, self.pad_id, self.device, self.bf16 = batch_size, pad_id, device, bf16
+        self.seconds, self.examples = 0.0, 0
+
+    def __call__(self, split: str, tasks: list[str] | None = None) -> dict:
+        data = {n: d for n, d in self.data[split].items() if tasks is None or n in tasks}
+        began = time.perf_counter()
+        with autocast(self.device, self.bf16):
+            out = evaluate(self.model, data, self.type_names, self.labels, self.batch_size, self.pad_id)
+        self.seconds += time.perf_counter() - began
+        self.examples += sum(len(d["input_ids"]) for d in data.values())
+        return out
+
+
+@dataclass
+class Evaluation:
+    """One validation pass during training, as callbacks see it."""
+
+    step: int
+    results: dict  # task -> metrics, and "average"
+    scores: dict[str, float]  # task -> the score that picks checkpoints (trainer.best_metric)
+    records: dict[str, dict] = field(default_factory=dict)  # task -> its metrics.jsonl record
+
+
+def final_results(parts: Any, state: Any, stopping: Any) -> dict:
+    """Evaluate the best checkpoint(s) on validation and test; write the tables, curves and results.json.
+
+    With per-task early stopping (`stopping`) each task is scored with its own best checkpoint
+    (`best-<task>`), and the table says which step each task's figures come from.
+    """
+    run, evaluator = parts.run, parts.evaluator
+    load_weights(parts.model, run.checkpoint("best"))
+    results = {split: evaluator(split) for split in ("validation", "test")}
+    steps = dict.fromkeys(parts.types, state.best_step)
+    if stopping is not None:
+        for task, step in stopping.best_points().items():
+            load_weights(parts.model, run.checkpoint(f"best-{task}"))
+            for split, per_task in results.items():
+                per_task[task] = evaluator(split, [task])[task]
+            steps[task] = step
+        for per_task in results.values():
+            per_task["average"] = average({t: r for t, r in per_task.items() if t != "average"}, evaluator.type_names)
+    epochs = {n: state.examples_seen[n] / max(parts.batches[n].size, 1) for n in parts.types}
+    extra = {
+        n: {
+            "train_examples": parts.batches[n].size,
+            "examples_seen": state.examples_seen[n],
+            "epochs": round(epochs[n], 2),
+            "best_step": steps[n],
+            **({"stopped_at": stopping.stopped().get(n)} if stopping is not None else {}),
+        }
+        for n in parts.types
+    }
+    rows = table_rows(results, extra)
+    what = "each task's own best checkpoint (best_step)" if stopping else f"checkpoints/best (step {state.best_step})"
+    write_table(run.table, rows, f"Per-task metrics of {what}; {state.step} steps trained.\n\n")
+    test = {task: {m: v for m, v in metrics.items() if m != "loss"} for task, metrics in results["test"].items()}
+    write_json(run.results, test)
+    training_curves(run.metrics, run.curves, {n: tt.MAIN_METRIC for n, tt in parts.types.items()})
+    print_table(rows, f"{run} ({what})")
+    log.info("results (test split): %s", test)
+    return {"run_dir": str(run), "results": test, "validation": results["validation"], "best_step": state.best_step}
+
+
+def write_interrupted_table(parts: Any, state: Any) -> None:
+    """metrics.md of a stopped run: the last validation, until the resumed run writes the final table."""
+    rows = table_rows({"validation": state.validation}, {})
+    note = (
+        f"Interrupted at step {state.step}: validation metrics of the last evaluation; "
+        "the final table replaces this when the resumed run ends.\n\n"
+    )
+    write_table(parts.run.table, rows, note)
+    training_curves(parts.run.metrics, parts.run.curves, {n: tt.MAIN_METRIC for n, tt in parts.types.items()})

@@ -9,7 +9,7 @@ from typing import Any
 
 from mtl_cli.config import TaskConfig
 from mtl_cli.errors import MtlError
-from mtl_cli.tasks import fingerprint
+from mtl_cli.fingerprints import fingerprint
 
 
 def encode_class_labels(name: str, cfg: TaskConfig, raw: Any) -> tuple[Any, list[str]]:

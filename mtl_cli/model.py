@@ -1,7 +1,7 @@
-"""The multi-task model: one shared encoder (hard sharing) and one head per task.
+"""The multi-task model: a trunk (the sharing scheme over the encoder) and one head per task.
 
 Each head comes from its task type (`mtl_cli/task_types`) and is called as head(hidden, batch),
-with the encoder's last hidden states.
+with the trunk's last hidden states.
 """
 
 from __future__ import annotations
@@ -11,25 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
-
-def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.Tensor:
-    if how == "cls":
-        return hidden[:, 0]
-    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-
-
-class SequenceHead(nn.Module):
-    """Pooled sequence -> dropout -> linear: classification, regression, multi-label."""
-
-    def __init__(self, hidden_size: int, num_outputs: int, pooling: str, dropout: float):
-        super().__init__()
-        self.pooling = pooling
-        self.dropout = nn.Dropout(dropout)
-        self.out = nn.Linear(hidden_size, num_outputs)
-
-    def forward(self, hidden: torch.Tensor, batch: dict) -> torch.Tensor:
-        return self.out(self.dropout(pool(hidden, batch["attention_mask"], self.pooling)))
+from mtl_cli import sharing as sharing_schemes
+from mtl_cli import task_types
 
 
 class MultiTaskModel(nn.Module):
@@ -93,9 +76,6 @@ class MultiTaskModel(nn.Module):
 
 
 def build_model(encoder: Any, task_cfgs: dict, labels: dict[str, list[str] | None], sharing: Any) -> MultiTaskModel:
-    from mtl_cli import sharing as sharing_schemes
-    from mtl_cli import task_types
-
     trunk = sharing_schemes.get(sharing.name).build(encoder, list(task_cfgs), sharing)
     hidden = trunk.encoder.config.hidden_size
     heads = {

@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from mtl_cli.errors import MtlError
+from mtl_cli.rundir import write_json
+from mtl_cli.tables import rows_to_markdown
 
 SPLITS = ("test", "validation")
 REPORT_EXTS = (".md", ".csv", ".json", ".png")
@@ -281,8 +283,6 @@ def _cell(value: Any, is_metric: bool) -> str:
 
 
 def to_markdown(report: dict) -> str:
-    from mtl_cli.rundir import rows_to_markdown
-
     cols = _columns(report)
     marked = []
     for row in report["rows"]:
@@ -398,8 +398,6 @@ def write_report(folder: Path, report: dict) -> list[Path]:
         if not any((folder / f"{stem}{ext}").exists() for ext in REPORT_EXTS):
             break
         n += 1
-    from mtl_cli.rundir import write_json
-
     md, csv_path, js, png = (folder / f"{stem}{ext}" for ext in REPORT_EXTS)
     md.write_text(to_markdown(report), encoding="utf-8")
     csv_path.write_text(to_csv(report), encoding="utf-8")

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import csv
 import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
-from urllib.parse import urlparse
 
-from mtl_cli.config import SPLITS, TaskConfig
+from mtl_cli import task_types
+from mtl_cli.config import SPLITS, MtlConfig, TaskConfig
 from mtl_cli.errors import MtlError, first_line
+from mtl_cli.fingerprints import fingerprint
+from mtl_cli.hub import hub_offline_mode, hub_reachable
 
 _BUILDERS = {"csv": "csv", "tsv": "csv", "json": "json", "jsonl": "json", "parquet": "parquet", "text": "text"}
 _TEXT_ROLES = ("text", "text_pair")
@@ -29,15 +31,31 @@ class Task:
     cfg: TaskConfig
     labels: list[str] | None  # label names in id order; None for regression and MLM
     splits: Any  # datasets.DatasetDict, columns named by role
+    ttype: ModuleType  # its task type (mtl_cli/task_types): encode, collate, head, loss, metrics
 
     def sizes(self) -> dict[str, int]:
         return {split: len(self.splits[split]) for split in SPLITS}
 
 
+def load_tasks(cfg: MtlConfig, tasks: dict[str, TaskConfig] | None = None) -> dict[str, Task]:
+    """Every task of the run (or the given subset of its task configs), in order."""
+    return {name: load_task(name, tcfg, cfg.data_root) for name, tcfg in (tasks or cfg.task).items()}
+
+
+def absolute_paths(cfg: MtlConfig) -> MtlConfig:
+    """So that the saved config works from any directory (`mtl eval` elsewhere)."""
+    if cfg.data_root:
+        cfg.data_root = os.path.abspath(os.path.expanduser(cfg.data_root))
+    for task in cfg.task.values():
+        if task.data_dir:
+            task.data_dir = os.path.abspath(os.path.expanduser(task.data_dir))
+        elif not cfg.data_root:
+            task.files = {s: os.path.abspath(os.path.expanduser(p)) for s, p in task.files.items()}
+    return cfg
+
+
 def load_task(name: str, cfg: TaskConfig, data_root: str | None) -> Task:
     import datasets
-
-    from mtl_cli import task_types
 
     datasets.disable_progress_bars()
     # datasets logs a failed parse before raising it; the raised error is reported instead.
@@ -53,7 +71,7 @@ def load_task(name: str, cfg: TaskConfig, data_root: str | None) -> Task:
     for split in SPLITS:
         if len(splits[split]) == 0:
             raise MtlError(f"task '{name}': the {split} split is empty; add examples or check `task.{name}.files`")
-    return Task(name=name, cfg=cfg, labels=labels, splits=splits)
+    return Task(name=name, cfg=cfg, labels=labels, splits=splits, ttype=ttype)
 
 
 def resolve_path(path: str, cfg: TaskConfig, data_root: str | None) -> Path:
@@ -142,20 +160,6 @@ def _root_cause(err: BaseException) -> BaseException:
     while err.__cause__ is not None or err.__context__ is not None:
         err = err.__cause__ or err.__context__
     return err
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """A quick TCP probe, because the Hub clients retry for up to a minute before failing."""
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-def hub_offline_mode() -> bool:
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
 def _load_hub(name: str, cfg: TaskConfig):
@@ -264,8 +268,3 @@ def _complete_splits(name: str, cfg: TaskConfig, raw):
             out[split] = ds.shuffle(seed=cfg.split_seed).select(range(min(cfg.max_eval_examples, len(ds))))
     return datasets.DatasetDict({split: out[split] for split in SPLITS})
 
-
-def fingerprint(ds, *parts: Any) -> str:
-    from datasets.fingerprint import Hasher
-
-    return Hasher.hash((ds._fingerprint, *[repr(p) for p in parts]))

@@ -1,4 +1,4 @@
-"""Input representation: tokenize each task once (cached by `datasets`), truncate, mark, pad.
+"""Input representation: tokenize each task once (cached by `datasets`), truncate, mark.
 
 The cache key is explicit (input fingerprint + tokenizer contents + the task's input settings):
 hashing the tokenizer object itself is unstable across calls, which would silently defeat the cache.
@@ -6,12 +6,13 @@ hashing the tokenizer object itself is unstable across calls, which would silent
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from mtl_cli.config import TaskConfig
-from mtl_cli.tasks import Task, fingerprint
+from mtl_cli.fingerprints import fingerprint
+
+if TYPE_CHECKING:
+    from mtl_cli.tasks import Task
 
 
 def marker_token(task: str) -> str:
@@ -87,9 +88,7 @@ def insert_marker(seq: list, value: Any) -> list:
 
 def tokenize_task(task: Task, tokenizer: Any, tokenizer_fp: str) -> dict[str, Any]:
     """split -> Dataset with input_ids (unpadded), [token_type_ids], labels."""
-    from mtl_cli import task_types
-
-    ttype = task_types.get(task.cfg.type)
+    ttype = task.ttype
     c = task.cfg
     marker_id = tokenizer.convert_tokens_to_ids(marker_token(task.name)) if task.cfg.task_marker == "prefix" else None
     settings = (c.type, c.max_length, c.truncation, c.head_tokens, c.mlm_probability, marker_id, task.labels)
@@ -110,27 +109,11 @@ def tokenize_task(task: Task, tokenizer: Any, tokenizer_fp: str) -> dict[str, An
     return out
 
 
-def pad_inputs(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """input_ids padded to the longest row of this batch, attention_mask, token_type_ids if present."""
-    longest = max(len(r["input_ids"]) for r in rows)
-    input_ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), longest), dtype=torch.long)
-    for i, r in enumerate(rows):
-        n = len(r["input_ids"])
-        input_ids[i, :n] = torch.tensor(r["input_ids"], dtype=torch.long)
-        attention_mask[i, :n] = 1
-    batch = {"input_ids": input_ids, "attention_mask": attention_mask}
-    if "token_type_ids" in rows[0]:
-        token_type_ids = torch.zeros((len(rows), longest), dtype=torch.long)
-        for i, r in enumerate(rows):
-            token_type_ids[i, : len(r["token_type_ids"])] = torch.tensor(r["token_type_ids"], dtype=torch.long)
-        batch["token_type_ids"] = token_type_ids
-    return batch
-
-
-def pad_sequences(seqs: list[list], value: Any, dtype: torch.dtype) -> torch.Tensor:
-    """Per-token values (tags, MLM targets) padded to the longest row with `value`."""
-    out = torch.full((len(seqs), max(len(s) for s in seqs)), value, dtype=dtype)
-    for i, s in enumerate(seqs):
-        out[i, : len(s)] = torch.tensor(s, dtype=dtype)
-    return out
+def tokenize_tasks(tasks: dict[str, Task], tokenizer: Any) -> dict[str, dict[str, dict[str, list]]]:
+    """split -> task -> columns ({"input_ids": [...], "labels": [...], ...}), tokenized once, cached by `datasets`."""
+    fp = tokenizer_fingerprint(tokenizer)
+    data: dict[str, dict[str, dict[str, list]]] = {"train": {}, "validation": {}, "test": {}}
+    for name, task in tasks.items():
+        for split, ds in tokenize_task(task, tokenizer, fp).items():
+            data[split][name] = ds.to_dict()
+    return data

@@ -21,8 +21,12 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from mtl_cli import task_types
+from mtl_cli.checkpoints import find_checkpoint, read_checkpoint_state
 from mtl_cli.config import MtlConfig, task_names_label
 from mtl_cli.errors import MtlError
+from mtl_cli.rundir import RunDir, read_jsonl, write_json, write_text
+from mtl_cli.tables import rows_to_csv, rows_to_markdown
 
 ALPHA = 0.05  # Welch's t-test level for calling a difference significant
 
@@ -48,16 +52,14 @@ def cache_key(cfg: MtlConfig) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def cached_run(root: Path, key: str) -> Path | None:
-    for run in sorted(root.glob(f"{key}*")):
-        if (run / "results.json").is_file():
-            return run
+def cached_run(root: Path, key: str) -> RunDir | None:
+    for path in sorted(root.glob(f"{key}*")):
+        if RunDir(path).results.is_file():
+            return RunDir(path)
     return None
 
 
 def main_metric(cfg: MtlConfig, task: str) -> str:
-    from mtl_cli import task_types
-
     return task_types.get(cfg.task[task].type).MAIN_METRIC
 
 
@@ -75,19 +77,19 @@ def run_transfer(cfg: MtlConfig, seeds: list[int], overrides: list[str] | None =
         multi_cfg = OmegaConf.to_object(OmegaConf.structured(cfg))
         multi_cfg.seed = seed
         multi = train(multi_cfg, run_dir=out / f"multi_seed{seed}", overrides=overrides)
-        run_dir = Path(multi["run_dir"])
-        state = json.loads((run_dir / "checkpoints" / "last" / "trainer_state.json").read_text())
-        evals = len({json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()})
+        run = RunDir(Path(multi["run_dir"]))
+        state = read_checkpoint_state(find_checkpoint(run, "last"))[1]
+        evals = len({rec["step"] for rec in read_jsonl(run.metrics)})
         record["multi"][seed] = {"run_dir": multi["run_dir"], "results": multi["results"]}
         for task in cfg.task:
             single_cfg = baseline_config(cfg, task, state["examples_seen"][task], evals, seed)
             key = cache_key(single_cfg)
-            run = cached_run(baselines_root, key)
-            reused = run is not None
-            if run is None:
-                run = Path(train(single_cfg, run_dir=baselines_root / key)["run_dir"])
-            results = json.loads((run / "results.json").read_text())
-            record["single"].setdefault(task, {})[seed] = {"run_dir": str(run), "reused": reused, "results": results}
+            baseline = cached_run(baselines_root, key)
+            reused = baseline is not None
+            if baseline is None:
+                baseline = RunDir(Path(train(single_cfg, run_dir=baselines_root / key)["run_dir"]))
+            results = json.loads(baseline.results.read_text())
+            record["single"].setdefault(task, {})[seed] = {"run_dir": str(baseline), "reused": reused, "results": results}
     report = summarise(cfg, record)
     write_report(out, report)
     return report
@@ -132,8 +134,6 @@ def verdict(row: dict) -> str:
 
 
 def write_report(out: Path, report: dict) -> None:
-    from mtl_cli.rundir import rows_to_csv, rows_to_markdown, write_json
-
     table = [
         {
             "task": r["task"], "metric": r["metric"], "single-task": _cell(r["single_mean"], r["single_std"]),
@@ -148,8 +148,9 @@ def write_report(out: Path, report: dict) -> None:
         f"Significance: {report['test']}. Single-task runs saw as many examples of their task as the\n"
         f"multi-task run did.\n\n"
     )
-    (out / "transfer.md").write_text(header + rows_to_markdown(table), encoding="utf-8")
-    (out / "transfer.csv").write_text(rows_to_csv(report["rows"]), encoding="utf-8")
+    # The Markdown table shows formatted cells; the CSV keeps every field at full precision.
+    write_text(out / "transfer.md", header + rows_to_markdown(table))
+    write_text(out / "transfer.csv", rows_to_csv(report["rows"]))
     write_json(out / "transfer.json", report)
     bar_chart(report, out / "transfer.png")
     print_transfer(table, out)

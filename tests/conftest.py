@@ -27,7 +27,8 @@ def run_mtl(*args: str, cwd: Path, env: dict | None = None, timeout: int = 600) 
 
 
 def run_dirs(root: Path) -> list[Path]:
-    return sorted(p.parent for p in root.glob("**/config.yaml"))
+    # Each checkpoint holds a copy of its run's config.yaml: those are not runs.
+    return sorted(p.parent for p in root.glob("**/config.yaml") if p.parent.parent.name != "checkpoints")
 
 
 def write(path: Path, text: str | bytes) -> Path:

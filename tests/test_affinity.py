@@ -251,9 +251,9 @@ def test_tiny_encoder_model():
 
 
 def test_recorder_jsonl_summary_and_plot(tmp_path):
-    rec = AffinityRecorder(tmp_path / "run", every=50)
+    rec = AffinityRecorder(tmp_path / "run" / "affinity.jsonl", every=50)
     assert [s for s in range(0, 201) if rec.due(s)] == [50, 100, 150, 200]
-    assert not AffinityRecorder(tmp_path, every=0).due(50)
+    assert not AffinityRecorder(tmp_path / "affinity.jsonl", every=0).due(50)
     assert rec.summary() is None and rec.plot() is None
     tasks = ["a", "b"]
     rec.record(50, tasks, [[1.0, 0.2], [0.2, 1.0]])
@@ -279,7 +279,7 @@ def test_recorder_jsonl_summary_and_plot(tmp_path):
 
 def test_recorder_takes_measure_affinity_output(tmp_path):
     model, batches, losses = toy_tasks()
-    rec = AffinityRecorder(tmp_path, every=1)
+    rec = AffinityRecorder(tmp_path / "affinity.jsonl", every=1)
     for step in (1, 2):
         for kind, (tasks, matrix) in measure_affinity(
             model, batches, losses, model.shared_parameters(), lookahead_lr=0.05

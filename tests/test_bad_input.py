@@ -12,7 +12,7 @@ import pytest
 
 from mtl_cli.config import PACKAGE_DIR
 from mtl_cli.rundir import load_run_config
-from mtl_cli.tasks import hub_reachable
+from mtl_cli.hub import hub_reachable
 from tests.conftest import run_dirs, run_mtl
 
 SMOKE = ["experiment=smoke", "trainer.max_steps=2", "trainer.eval_every=2"]
@@ -95,7 +95,10 @@ CASES = {
     "empty training file": (["task=emptytrain"], "the train split is empty"),
     "wrong delimiter": (["task=comma"], "looks ','-separated; set task.comma.delimiter"),
     "keep no checkpoint": (["trainer.keep_checkpoints=0"], "`trainer.keep_checkpoints` must be at least 1"),
-    "unknown non-finite policy": (["trainer.nonfinite=ignore"], "`trainer.nonfinite` must be stop or skip"),
+    "unknown non-finite policy": (
+        ["trainer.nonfinite=ignore"],
+        "`trainer.nonfinite=ignore`: Invalid value 'ignore', expected one of [stop, skip]",
+    ),
 }
 
 

@@ -6,8 +6,9 @@ import pytest
 
 from mtl_cli.cli import rewrite_overrides
 from mtl_cli.compose import check_overrides, compose_config, known_options
-from mtl_cli.config import CONF_DIR, to_typed
+from mtl_cli.config import CONF_DIR
 from mtl_cli.errors import MtlError
+from mtl_cli.validation import to_typed
 
 GROUPS = ["encoder", "sharing", "mixing", "loss_weighting", "trainer", "experiment"]
 

@@ -216,7 +216,7 @@ def test_run_data_check_without_tokenizer_notes_it(tmp_path, capsys):
     not (SHARED_DATA / "sentiment-sentences").is_dir(), reason=f"shared data not found at {SHARED_DATA}"
 )
 def test_uci_sentences(tokenizer):
-    from mtl_cli.train import load_tasks
+    from mtl_cli.tasks import load_tasks
 
     cfg = compose_typed(["task=[sentences/yelp,sentences/imdb,sentences/amazon]", f"data_root={SHARED_DATA}"])
     report = check_tasks(load_tasks(cfg), tokenizer, full=True)

@@ -17,7 +17,7 @@ from mtl_cli.compose import compose_config, compose_typed
 from mtl_cli.config import CONF_DIR, TaskConfig
 from mtl_cli.encoders import encoder_from_checkpoint, load_encoder
 from mtl_cli.model import build_model
-from mtl_cli.rundir import load_weights, save_checkpoint
+from mtl_cli.checkpoints import load_weights, save_checkpoint
 from mtl_cli.task_types import mlm
 from mtl_cli.tokenization import add_task_markers, marker_token, pad_inputs
 
@@ -257,7 +257,9 @@ def test_checkpoint_round_trip_keeps_the_tie(tmp_path: Path) -> None:
     model = build_model(encoder, cfgs, labels, sharing)
     torch.nn.init.normal_(model.heads["lm"].bias)
     ckpt = tmp_path / "best"
-    save_checkpoint(ckpt, model, tok, labels, {"step": 1}, None)
+    config = tmp_path / "config.yaml"
+    config.write_text("seed: 1\n")
+    save_checkpoint(ckpt, model, tok, labels, {"step": 1}, config)
 
     from safetensors.torch import load_file
 

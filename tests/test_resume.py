@@ -21,7 +21,8 @@ import pytest
 from mtl_cli.compose import compose_config
 from mtl_cli.errors import MtlError
 from mtl_cli.interrupts import StopRequest
-from mtl_cli.rundir import checkpoint_problem, find_checkpoint
+from mtl_cli.rundir import RunDir
+from mtl_cli.checkpoints import checkpoint_problem, find_checkpoint
 from tests.conftest import run_dirs, run_mtl, write
 
 # Long enough that a kill after the first checkpoint (step 100) lands mid-run; early stopping,
@@ -128,7 +129,7 @@ def test_keep_checkpoints_and_fall_back_from_a_truncated_one(tmp_path: Path, cap
     with open(weights, "r+b") as f:
         f.truncate(weights.stat().st_size // 2)
     assert "truncated" in checkpoint_problem(ckpts / "last")
-    assert find_checkpoint(run, "last") == ckpts / "step-000006"
+    assert find_checkpoint(RunDir(run), "last") == ckpts / "step-000006"
     assert "checkpoints/last is unusable" in capsys.readouterr().err
     # mtl eval says so, and evaluates the previous good one.
     proc = run_mtl("eval", str(run), "checkpoint=last", cwd=tmp_path)

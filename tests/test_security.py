@@ -10,9 +10,10 @@ import pytest
 from omegaconf import OmegaConf
 
 from mtl_cli.compose import compose_config
-from mtl_cli.config import task_names_label, to_typed
+from mtl_cli.config import task_names_label
 from mtl_cli.errors import MtlError
 from mtl_cli.rundir import load_run_config, new_run_dir
+from mtl_cli.validation import to_typed
 from tests.conftest import REPO
 
 

@@ -12,11 +12,11 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from mtl_cli.compose import compose_config
-from mtl_cli.config import to_typed
 from mtl_cli.rundir import claim_run_dir
+from mtl_cli.validation import to_typed
 from tests.conftest import run_dirs, run_mtl
 
-CHECKPOINT = {"model.safetensors", "encoder/config.json", "labels.json", "trainer_state.json", "manifest.json"}
+CHECKPOINT = {"model.safetensors", "encoder/config.json", "labels.json", "trainer_state.json", "config.yaml", "manifest.json"}
 RUN_FILES = {
     "config.yaml", "overrides.yaml", "train.log", "data_check.json", "parameters.json",
     "metrics.jsonl", "metrics.md", "metrics.csv", "results.json", "curves.png", "timing.json",
@@ -133,8 +133,8 @@ def test_training_is_deterministic_on_cpu(tmp_path: Path) -> None:
 def test_runs_started_in_the_same_second_get_their_own_directory(tmp_path: Path) -> None:
     base = tmp_path / "2026-01-01" / "10-00-00_a+b"
     first, second = claim_run_dir(base, "a: 1\n"), claim_run_dir(base, "a: 2\n")
-    assert first == base and second.name == "10-00-00_a+b_2"
-    assert (first / "config.yaml").read_text() == "a: 1\n"
+    assert first.path == base and second.path.name == "10-00-00_a+b_2"
+    assert first.config.read_text() == "a: 1\n"
 
 
 def test_tokenization_is_cached_for_the_next_run() -> None:

@@ -1,9 +1,17 @@
 """Loss weighting and gradient combination: how the tasks' losses (or gradients) make one update.
 
-Each method is one module with `build(cfg, tasks, steps_per_epoch) -> Weighting`. A weighting has
+Each method is one module with `build(cfg, tasks, steps_per_epoch) -> Weighting` and three flags
+saying what it can do, read by validation and the training loop:
 
-    needs_all_tasks: bool      True: every step holds one batch of every task (GradNorm, PCGrad,
+    NEEDS_ALL_TASKS            True: every step holds one batch of every task (GradNorm, PCGrad,
                                CAGrad need all tasks' losses or gradients at the same step)
+    ACTS_ON_SHARED_GRADIENTS   True: it changes the shared parameters' gradients, so a sharing
+                               scheme that freezes the encoder leaves it nothing to act on
+    SUPPORTS_EARLY_STOPPING    False: it needs every task at every step (trainer.early_stopping_patience)
+
+A weighting has
+
+    needs_all_tasks: bool      its module's NEEDS_ALL_TASKS
     parameters() -> list       learnable parameters the optimizer must update (uncertainty)
     weights() -> {task: float} the current effective weight of each task (logged every eval)
     backward(losses, shared)   turn {task: loss tensor} into gradients (.grad) of all parameters;
@@ -11,7 +19,8 @@ Each method is one module with `build(cfg, tasks, steps_per_epoch) -> Weighting`
     state_dict()/load_state_dict()
 
 Methods that only weight losses call `weighted_backward`, below. Adding a method: a module here,
-its name in METHODS, and conf/loss_weighting/<name>.yaml.
+its name in METHODS, and conf/loss_weighting/<name>.yaml. METHODS is the one list of names:
+validation (mtl_cli.validation) reads it through `get`.
 """
 
 from __future__ import annotations

@@ -15,9 +15,14 @@ import torch
 from mtl_cli.config import LossWeightingConfig
 from mtl_cli.loss_weighting.surgery import cagrad_with_weights, task_gradients, write_gradient
 
+# What this method can do (read by mtl_cli.validation and the training loop; see __init__).
+NEEDS_ALL_TASKS = True
+ACTS_ON_SHARED_GRADIENTS = True
+SUPPORTS_EARLY_STOPPING = True
+
 
 class CAGrad:
-    needs_all_tasks = True
+    needs_all_tasks = NEEDS_ALL_TASKS
     # weights() are the solved simplex weights (x n): 0 means the update leaned away from that task's
     # direction, not that the task stopped training (the mean gradient is always in the update).
     weights_can_collapse = False

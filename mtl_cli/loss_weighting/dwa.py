@@ -20,9 +20,14 @@ import torch
 from mtl_cli.config import LossWeightingConfig
 from mtl_cli.loss_weighting import weighted_backward
 
+# What this method can do (read by mtl_cli.validation and the training loop; see __init__).
+NEEDS_ALL_TASKS = False
+ACTS_ON_SHARED_GRADIENTS = False
+SUPPORTS_EARLY_STOPPING = True
+
 
 class DWA:
-    needs_all_tasks = False
+    needs_all_tasks = NEEDS_ALL_TASKS
 
     def __init__(self, tasks: list[str], temperature: float, steps_per_epoch: int):
         self.tasks = tasks

@@ -26,12 +26,17 @@ import torch
 from mtl_cli.config import LossWeightingConfig
 from mtl_cli.errors import MtlError
 
+# What this method can do (read by mtl_cli.validation and the training loop; see __init__).
+NEEDS_ALL_TASKS = True
+ACTS_ON_SHARED_GRADIENTS = True
+SUPPORTS_EARLY_STOPPING = False
+
 # Renormalisation floor: a weight Adam pushed to or below 0 comes back as a small positive one.
 MIN_WEIGHT = 1e-4
 
 
 class GradNorm:
-    needs_all_tasks = True
+    needs_all_tasks = NEEDS_ALL_TASKS
 
     def __init__(self, tasks: list[str], alpha: float, weight_lr: float):
         self.tasks = tasks

@@ -13,9 +13,14 @@ import torch
 from mtl_cli.config import LossWeightingConfig
 from mtl_cli.loss_weighting.surgery import pcgrad, task_gradients, write_gradient
 
+# What this method can do (read by mtl_cli.validation and the training loop; see __init__).
+NEEDS_ALL_TASKS = True
+ACTS_ON_SHARED_GRADIENTS = True
+SUPPORTS_EARLY_STOPPING = True
+
 
 class PCGrad:
-    needs_all_tasks = True
+    needs_all_tasks = NEEDS_ALL_TASKS
 
     def __init__(self, tasks: list[str], seed: int = 0):
         self.tasks = tasks

@@ -1,7 +1,8 @@
 """Task mixing: which task the next training batch comes from.
 
 Adding a strategy: a module with a probability function (or a sampler builder), one line in
-`STRATEGIES`, and `conf/mixing/<name>.yaml` setting `name: <name>`.
+`STRATEGIES`, and `conf/mixing/<name>.yaml` setting `name: <name>`. STRATEGIES is the one list of
+names: validation (`check_config`, called by mtl_cli.validation) reads it through `get`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from mtl_cli.mixing.temperature import temperature_probabilities
 from mtl_cli.mixing.uniform import uniform_probabilities
 from mtl_cli.mixing.weights import completed_weights, weight_probabilities
 
-__all__ = ["STRATEGIES", "RandomSampler", "RoundRobinSampler", "TaskSampler", "build_sampler", "check_config"]
+__all__ = ["STRATEGIES", "RandomSampler", "RoundRobinSampler", "TaskSampler", "build_sampler", "check_config", "get"]
 
 STRATEGIES: dict[str, Builder] = {
     "proportional": random_strategy(proportional_probabilities),
@@ -28,10 +29,15 @@ STRATEGIES: dict[str, Builder] = {
 }
 
 
+def get(name: str) -> Builder:
+    if name not in STRATEGIES:
+        raise MtlError(f"unknown mixing strategy {name!r} (`mixing=`): choose one of {list(STRATEGIES)}")
+    return STRATEGIES[name]
+
+
 def check_config(cfg: MixingConfig, task_names: list[str]) -> None:
     """Reject settings no strategy can use; each message names the override to change."""
-    if cfg.name not in STRATEGIES:
-        raise MtlError(f"unknown mixing strategy {cfg.name!r} (`mixing=`): choose one of {list(STRATEGIES)}")
+    get(cfg.name)
     if not cfg.temperature > 0:
         raise MtlError(f"`mixing.temperature` must be positive; got {cfg.temperature:g}")
     if cfg.max_examples is not None and cfg.max_examples <= 0:
@@ -72,4 +78,4 @@ def build_sampler(cfg: MixingConfig, sizes: dict[str, int], seed: int) -> TaskSa
     check_config(cfg, list(sizes))
     if not sizes:
         raise MtlError("no task selected: pass task=<name>[+<name>...] (list them with `mtl tasks`)")
-    return STRATEGIES[cfg.name](cfg, sizes, seed)
+    return get(cfg.name)(cfg, sizes, seed)

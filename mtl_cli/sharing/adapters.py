@@ -25,6 +25,10 @@ from torch import nn
 from mtl_cli.config import EncoderConfig, SharingConfig
 from mtl_cli.errors import MtlError, first_line
 
+# True: the shared encoder is frozen unless sharing.train_encoder (gradient surgery then has
+# nothing to act on; read by mtl_cli.validation).
+FREEZES_ENCODER = True
+
 ADAPTER_PREFIX = "adapters."  # trained_state_dict keys: adapters.<adapter name>.<peft adapter key>
 BASE_PREFIX = "base."  # and, with train_encoder, base.<the base model's own state_dict key>
 

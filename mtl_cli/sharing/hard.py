@@ -9,6 +9,9 @@ from torch import nn
 
 from mtl_cli.config import SharingConfig
 
+# The shared encoder is trained (read by mtl_cli.validation; see __init__).
+FREEZES_ENCODER = False
+
 
 class HardTrunk(nn.Module):
     def __init__(self, encoder: Any):

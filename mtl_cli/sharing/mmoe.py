@@ -19,6 +19,9 @@ from torch import nn
 
 from mtl_cli.config import SharingConfig
 
+# The shared encoder is trained (read by mtl_cli.validation; see __init__).
+FREEZES_ENCODER = False
+
 
 def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
     if attention_mask is None:

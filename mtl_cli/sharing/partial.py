@@ -25,6 +25,9 @@ from torch import nn
 from mtl_cli.config import SharingConfig
 from mtl_cli.errors import MtlError
 
+# The shared encoder is trained (read by mtl_cli.validation; see __init__).
+FREEZES_ENCODER = False
+
 # Where transformers models keep their list of layers: BERT, RoBERTa, XLM-R, MiniLM, ELECTRA,
 # DeBERTa (encoder.layer); DistilBERT (transformer.layer); others (layers, h).
 LAYER_PATHS = ("encoder.layer", "transformer.layer", "encoder.layers", "layers", "h", "transformer.h")

@@ -3,6 +3,8 @@
 Each type is one module with the same functions, so a run can mix kinds freely:
 
     MAIN_METRIC                 metric that picks checkpoints/best (higher is better)
+    METRICS                     every metric name metrics() returns, MAIN_METRIC first
+                                (validation checks trainer.best_metric against them)
     AUXILIARY                   True: left out of the average that picks checkpoints/best
     columns(cfg)                {role: column in the data}, e.g. {"text": ..., "label": ...}
     prepare(name, cfg, raw)     -> (raw, labels): labels normalised in place; label names or None
@@ -14,6 +16,7 @@ Each type is one module with the same functions, so a run can mix kinds freely:
     metrics(preds, golds, labels, loss)         -> {metric: value}
 
 Adding a type: one module here, its name in TASK_TYPES, and `type: <name>` in a task YAML.
+TASK_TYPES is the one list of names: validation (mtl_cli.validation) reads it through `get`.
 """
 
 from __future__ import annotations

@@ -9,11 +9,12 @@ import torch.nn.functional as F
 
 from mtl_cli.config import TaskConfig
 from mtl_cli.labels import encode_class_labels
-from mtl_cli.model import SequenceHead
 from mtl_cli.task_types import sequence
+from mtl_cli.task_types.sequence import SequenceHead
 
 MAIN_METRIC = "accuracy"
 AUXILIARY = False
+METRICS = ("accuracy", "macro_f1")  # what metrics() returns, main first
 
 
 columns = sequence.columns

@@ -21,12 +21,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mtl_cli.batches import pad_inputs, pad_sequences
 from mtl_cli.config import TaskConfig
 from mtl_cli.errors import MtlError
-from mtl_cli.tokenization import encode_texts, pad_inputs, pad_sequences
+from mtl_cli.tokenization import encode_texts
 
 MAIN_METRIC = "accuracy"
 AUXILIARY = True
+METRICS = ("accuracy", "mlm_loss", "perplexity")  # what metrics() returns, main first
 
 IGNORE = -100  # label of positions that are not predicted (F.cross_entropy's ignore_index)
 MASK_FRACTION, RANDOM_FRACTION = 0.8, 0.1  # of the chosen positions; the remaining 10% stay unchanged
@@ -41,7 +43,7 @@ def prepare(name: str, cfg: TaskConfig, raw: Any) -> tuple[Any, None]:
     """Drop empty (or whitespace-only) texts; MLM has no labels."""
     import datasets
 
-    from mtl_cli.tasks import fingerprint
+    from mtl_cli.fingerprints import fingerprint
 
     # The tokenized cache key (tokenization.tokenize_task) does not include mlm_probability, which
     # `encode` writes into every row; it enters the key here, through this step's fingerprint.

@@ -16,13 +16,14 @@ import torch.nn.functional as F
 
 from mtl_cli.config import TaskConfig
 from mtl_cli.errors import MtlError
+from mtl_cli.fingerprints import fingerprint
 from mtl_cli.labels import raw_to_name
-from mtl_cli.model import SequenceHead
 from mtl_cli.task_types import sequence
-from mtl_cli.tasks import fingerprint
+from mtl_cli.task_types.sequence import SequenceHead
 
 MAIN_METRIC = "micro_f1"
 AUXILIARY = False
+METRICS = ("micro_f1", "macro_f1", "exact_match")  # what metrics() returns, main first
 
 
 columns = sequence.columns

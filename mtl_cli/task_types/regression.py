@@ -11,12 +11,13 @@ import torch.nn.functional as F
 
 from mtl_cli.config import TaskConfig
 from mtl_cli.errors import MtlError
-from mtl_cli.model import SequenceHead
+from mtl_cli.fingerprints import fingerprint
 from mtl_cli.task_types import sequence
-from mtl_cli.tasks import fingerprint
+from mtl_cli.task_types.sequence import SequenceHead
 
 MAIN_METRIC = "pearson"
 AUXILIARY = False
+METRICS = ("pearson", "spearman", "mae", "mse")  # what metrics() returns, main first
 
 
 columns = sequence.columns

@@ -1,5 +1,6 @@
 """What the sequence-level types (classification, regression, multi-label) share: a text or a
-pair in, one target per example out; they differ in the target's dtype, head size and loss."""
+pair in, one target per example out, a pooled head; they differ in the target's dtype, head size
+and loss."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch import nn
 
+from mtl_cli.batches import pad_inputs
 from mtl_cli.config import TaskConfig
-from mtl_cli.tokenization import encode_texts, pad_inputs
+from mtl_cli.tokenization import encode_texts
 
 
 def columns(cfg: TaskConfig) -> dict[str, str]:
@@ -32,3 +35,23 @@ def collate_with(dtype: torch.dtype) -> Callable[[list[dict], int, Any], dict[st
         return batch
 
     return collate
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.Tensor:
+    if how == "cls":
+        return hidden[:, 0]
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
+class SequenceHead(nn.Module):
+    """Pooled sequence -> dropout -> linear: classification, regression, multi-label."""
+
+    def __init__(self, hidden_size: int, num_outputs: int, pooling: str, dropout: float):
+        super().__init__()
+        self.pooling = pooling
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Linear(hidden_size, num_outputs)
+
+    def forward(self, hidden: torch.Tensor, batch: dict) -> torch.Tensor:
+        return self.out(self.dropout(pool(hidden, batch["attention_mask"], self.pooling)))

@@ -17,13 +17,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mtl_cli.batches import pad_inputs, pad_sequences
 from mtl_cli.config import TaskConfig
 from mtl_cli.errors import MtlError
 from mtl_cli.labels import raw_to_name
-from mtl_cli.tokenization import insert_marker, pad_inputs, pad_sequences
+from mtl_cli.tokenization import insert_marker
 
 MAIN_METRIC = "f1"
 AUXILIARY = False
+METRICS = ("f1", "precision", "recall", "accuracy")  # what metrics() returns, main first
 IGNORE = -100
 
 
@@ -97,7 +99,7 @@ def prepare(name: str, cfg: TaskConfig, raw: Any) -> tuple[Any, list[str]]:
     """`tags` (names, or ints with ClassLabel names) -> tag ids; returns the tag names in id order."""
     import datasets
 
-    from mtl_cli.tasks import fingerprint
+    from mtl_cli.fingerprints import fingerprint
 
     labels = _label_names(name, cfg, raw)
     ids = {label: i for i, label in enumerate(labels)}

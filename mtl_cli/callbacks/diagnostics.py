@@ -1,0 +1,42 @@
+"""Loss-weighting diagnostics at each evaluation: every task's effective weight (and MMoE gate use)
+in metrics.jsonl, and warnings when a weight collapses or the tasks' loss scales diverge."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from mtl_cli.callbacks import Callback
+
+log = logging.getLogger("mtl")
+
+
+class WeightingDiagnostics(Callback):
+    def on_evaluate(self, parts: Any, state: Any, ev: Any) -> None:
+        weights = {t: float(w) for t, w in parts.weighting.weights().items()}
+        mean = sum(weights.values()) / max(len(weights), 1)
+        threshold = parts.cfg.loss_weighting.collapse_threshold
+        for task, w in weights.items():
+            if mean > 0 and w < threshold * mean and getattr(parts.weighting, "weights_can_collapse", True):
+                log.warning(
+                    "loss weighting: task %s's weight %.2g fell below %g of the mean (%.2g): it has stopped training",
+                    task, w, threshold, mean,
+                )  # fmt: skip
+        losses = {t: v for t, v in state.running_loss.items() if v > 0}
+        if len(losses) > 1:
+            hi, lo = max(losses, key=losses.get), min(losses, key=losses.get)
+            if losses[hi] > 100 * losses[lo]:
+                log.warning(
+                    "loss scales differ: %s's loss (%.3g) is %.0fx %s's (%.3g); consider loss_weighting=uncertainty",
+                    hi, losses[hi], losses[hi] / losses[lo], lo, losses[lo],
+                )  # fmt: skip
+        summary = getattr(parts.model.trunk, "gate_summary", None)
+        gates = summary() if summary is not None else None
+        for task, rec in ev.records.items():
+            if task in state.examples_seen:
+                rec["weight"] = weights.get(task)
+                if gates is not None:
+                    rec["gates"] = gates.get(task)
+        log.info("task weights: %s", {t: round(w, 4) for t, w in weights.items()})
+        if gates is not None:
+            log.info("mmoe gates (mean per expert): %s", {t: [round(g, 3) for g in v] for t, v in gates.items()})

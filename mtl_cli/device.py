@@ -1,0 +1,62 @@
+"""Where and how the model computes: the device, torch threads, and bf16 autocast.
+
+Training and `mtl eval` both take their precision from here, so evaluation runs as training did.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from mtl_cli.errors import MtlError
+
+
+def setup_torch(device: str, threads: int | None) -> Any:
+    """Set torch's thread count and return the torch.device for `trainer.device`."""
+    import torch
+
+    # One thread per physical core: hyperthread siblings share the matrix units and only add contention.
+    torch.set_num_threads(threads or physical_cores())
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise MtlError(f"`trainer.device` must be auto, cpu or cuda[:N]; got {device!r}") from None
+
+
+def physical_cores() -> int:
+    """Physical cores among the CPUs this process may use (Linux topology; else every CPU counts)."""
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    cores = set()
+    for cpu in cpus:
+        try:
+            cores.add(Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/core_cpus_list").read_text().strip())
+        except OSError:
+            cores.add(str(cpu))
+    return max(1, len(cores))
+
+
+def use_bf16(precision: str, device: Any) -> bool:
+    """Whether forward passes run under bfloat16 autocast (trainer.precision)."""
+    return precision == "bf16" or (precision == "auto" and bf16_supported(device))
+
+
+def bf16_supported(device: Any) -> bool:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def autocast(device: Any, bf16: bool) -> Any:
+    """The one autocast context of training and evaluation."""
+    import torch
+
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)

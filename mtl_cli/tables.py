@@ -1,0 +1,121 @@
+"""Per-task tables for people and machines: one row per task, written as Markdown and CSV, printed with rich.
+
+Every table of a run (the final metrics, an interrupted run's last validation, `mtl eval`) is
+written by `write_table`, so they all look alike.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from pathlib import Path
+from typing import Any
+
+from mtl_cli.rundir import write_text
+
+SPLIT_NAMES = ("validation", "test")
+
+
+def write_table(md_path: Path, rows: list[dict], header: str = "") -> None:
+    """`md_path` (the header, then the table in Markdown) and the same rows as CSV beside it."""
+    write_text(md_path, header + rows_to_markdown(rows))
+    write_text(md_path.with_suffix(".csv"), rows_to_csv(rows))
+
+
+
+def table_rows(results: dict[str, dict[str, dict[str, float]]], extra: dict[str, dict[str, Any]]) -> list[dict]:
+    """One row per task (then `average`): `<split>_<metric>` for every metric any task has, plus extras.
+
+    Tasks of different types have different metrics; a cell a task has no value for stays empty.
+    """
+    first = next(iter(results.values()))
+    tasks = [t for t in first if t != "average"] + ["average"]
+    # `main` (the average of each task's main metric, what picks checkpoints/best) exists on the average row only.
+    metrics = list(dict.fromkeys(m for r in first.values() for m in r if m != "loss"))
+    rows = []
+    for task in tasks:
+        row: dict[str, Any] = {"task": task, **extra.get(task, {})}
+        for split, per_task in results.items():
+            for metric in metrics:
+                row[f"{split}_{metric}"] = per_task[task].get(metric)
+        rows.append(row)
+    return rows
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "" if value is None else str(value)
+
+
+def rows_to_markdown(rows: list[dict]) -> str:
+    cols = list(rows[0])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def rows_to_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+_SHORT = {
+    "validation": "val",
+    "accuracy": "acc",
+    "macro_f1": "F1",
+    "micro_f1": "microF1",
+    "perplexity": "ppl",
+    "mlm_loss": "mlm loss",
+    "train_examples": "train",
+    "examples_seen": "seen",
+}
+
+
+def _short(col: str) -> str:
+    return " ".join(
+        _SHORT.get(part, part)
+        for part in re.split(r"_(?=accuracy|macro_f1|micro_f1|perplexity|mlm_loss)", col, maxsplit=1)
+    )
+
+
+def print_table(rows: list[dict], title: str) -> None:
+    """Rich table: one row per task when tasks share a few metrics, else one row per (task, metric)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    cols = list(rows[0])
+    splits = list(dict.fromkeys(c.split("_", 1)[0] for c in cols if "_" in c and c.split("_", 1)[0] in SPLIT_NAMES))
+    metric_cols = [c for c in cols if c.split("_", 1)[0] in splits]
+    if len([c for c in metric_cols if not c.endswith("_main")]) <= 6:
+        cols = [c for c in cols if not c.endswith("_main")]  # equals accuracy when all tasks classify
+        for col in cols:
+            table.add_column(_short(col), justify="left" if col == "task" else "right")
+        for row in rows:
+            table.add_row(*[_fmt(row.get(c)) for c in cols], style="bold" if row["task"] == "average" else None)
+    else:  # mixed task types: a long table stays readable where a wide one would not
+        info = [c for c in cols if c not in metric_cols]
+        metrics = list(dict.fromkeys(c.split("_", 1)[1] for c in metric_cols))
+        for col in [*info, "metric", *splits]:
+            table.add_column(_short(col), justify="left" if col in ("task", "metric") else "right")
+        for row in rows:
+            first = True
+            for m in metrics:
+                values = [row.get(f"{s}_{m}") for s in splits]
+                if all(v is None for v in values):
+                    continue
+                lead = [_fmt(row.get(c)) if first else "" for c in info]
+                table.add_row(*lead, m, *map(_fmt, values), style="bold" if row["task"] == "average" else None)
+                first = False
+            table.add_section()
+    console = Console()
+    if not console.is_terminal:
+        console.width = max(console.width, 120)
+    console.print(table)
+
+

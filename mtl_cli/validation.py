@@ -1,0 +1,157 @@
+"""Validation above the plugins: a composed config becomes a typed `MtlConfig`, checked whole.
+
+The schema (`mtl_cli.config`) rejects unknown keys, wrong types and values outside a closed
+choice. What is left is checked here, before any data or weights are loaded: ranges, settings
+that span several fields, and plugin names and abilities. Plugin names are looked up in each
+family's own registry (through its `get()`), and what a plugin can do is read from flags on the
+plugin module, so a plugin added by the README's steps is accepted without editing this file.
+Every message is one line naming the override to change.
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+
+from mtl_cli import loss_weighting, mixing, sharing, task_types
+from mtl_cli.config import SPLITS, MtlConfig, Source
+from mtl_cli.errors import MtlError, first_line
+
+
+def to_typed(cfg: DictConfig) -> MtlConfig:
+    """Resolve interpolations, check every value against the schema, then `validate`."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(MtlConfig), cfg)
+        missing = sorted(OmegaConf.missing_keys(merged))
+        if missing:
+            raise MtlError(f"`{missing[0]}` has no value (???): set it, e.g. {missing[0]}=<value>")
+        typed = OmegaConf.to_object(merged)
+    except MtlError:
+        raise
+    except Exception as err:  # omegaconf raises several types; all are config mistakes here
+        raise MtlError(describe_config_error(err)) from None
+    validate(typed)
+    return typed
+
+
+def describe_config_error(err: Exception) -> str:
+    """One line from an OmegaConf/Hydra error, naming the key to fix."""
+    msg = first_line(err)
+    key = getattr(err, "full_key", None)
+    if key:
+        return f"bad config value at `{key}`: {msg}; fix that override or YAML key"
+    return f"{msg}"
+
+
+def validate(cfg: MtlConfig) -> None:
+    """Checks the schema cannot express; each message names the override to change."""
+    if not cfg.task:
+        raise MtlError("no task selected: pass task=<name>[+<name>...] (list them with `mtl tasks`)")
+    validate_tasks(cfg)
+    validate_sharing(cfg)
+    mixing.check_config(cfg.mixing, list(cfg.task))
+    validate_loss_weighting(cfg)
+    validate_trainer(cfg)
+
+
+def validate_tasks(cfg: MtlConfig) -> None:
+    for name, task in cfg.task.items():
+        at = f"task.{name}"
+        try:
+            task_types.get(task.type)
+        except MtlError as err:  # the registry's message lists the types; this names the key
+            raise MtlError(f"`{at}.type`: {err}") from None
+        if task.source == Source.hub and not task.hub_name:
+            raise MtlError(f"`{at}.hub_name` is required when `{at}.source=hub`")
+        if task.source == Source.local:
+            if "train" not in task.files:
+                raise MtlError(f"`{at}.files.train` is required: set it to the training file's path")
+            unknown = set(task.files) - set(SPLITS)
+            if unknown:
+                raise MtlError(f"`{at}.files` has unknown split(s) {sorted(unknown)}; use {list(SPLITS)}")
+        for key in ("validation_size", "test_size"):
+            value = getattr(task, key)
+            if value <= 0:
+                raise MtlError(f"`{at}.{key}` must be positive (a fraction below 1 or a count); got {value}")
+        if task.max_length < 8:
+            raise MtlError(f"`{at}.max_length` must be at least 8; got {task.max_length}")
+        if task.head_tokens is not None and not 0 < task.head_tokens < task.max_length - 2:
+            raise MtlError(f"`{at}.head_tokens` must be between 1 and max_length - 3; got {task.head_tokens}")
+        if not 0 < task.mlm_probability < 1:
+            raise MtlError(f"`{at}.mlm_probability` must be in (0, 1); got {task.mlm_probability}")
+        if task.labels is not None and len(set(task.labels)) < 2:
+            raise MtlError(f"`{at}.labels` needs at least two distinct labels; got {task.labels}")
+
+
+def validate_sharing(cfg: MtlConfig) -> None:
+    sh = cfg.sharing
+    sharing.get(sh.name)
+    if not 0 <= sh.head_dropout < 1:
+        raise MtlError(f"`sharing.head_dropout` must be in [0, 1); got {sh.head_dropout}")
+    if sh.shared_layers < 0 or sh.lora_r <= 0 or sh.num_experts <= 0 or sh.expert_hidden <= 0:
+        raise MtlError(
+            "`sharing.shared_layers` must be >= 0 and `sharing.lora_r`, `.num_experts`, `.expert_hidden` positive"
+        )
+
+
+def validate_loss_weighting(cfg: MtlConfig) -> None:
+    lw, sh = cfg.loss_weighting, cfg.sharing
+    method = loss_weighting.get(lw.name)
+    if method.ACTS_ON_SHARED_GRADIENTS and sharing.get(sh.name).FREEZES_ENCODER and not sh.train_encoder:
+        raise MtlError(
+            f"loss_weighting={lw.name} acts on the shared encoder's gradients, and sharing={sh.name} freezes it; "
+            "set sharing.train_encoder=true or choose another loss_weighting"
+        )
+    if not method.SUPPORTS_EARLY_STOPPING and cfg.trainer.early_stopping_patience is not None:
+        raise MtlError(
+            f"loss_weighting={lw.name} balances every task at every step, so tasks cannot stop early: "
+            "drop trainer.early_stopping_patience or choose another loss_weighting"
+        )
+    unknown = set(lw.weights) - set(cfg.task)
+    if unknown:
+        raise MtlError(f"`loss_weighting.weights` names unknown task(s) {sorted(unknown)}; tasks: {list(cfg.task)}")
+    if any(w < 0 for w in lw.weights.values()) or lw.temperature <= 0 or lw.c < 0 or lw.weight_lr <= 0:
+        raise MtlError("`loss_weighting.weights` must be >= 0, `.temperature` and `.weight_lr` > 0, `.c` >= 0")
+
+
+def validate_trainer(cfg: MtlConfig) -> None:
+    t = cfg.trainer
+    positive = {"lr": t.lr, "batch_size": t.batch_size, "eval_batch_size": t.eval_batch_size, "log_every": t.log_every}
+    for key, value in positive.items():
+        if value <= 0:
+            raise MtlError(f"`trainer.{key}` must be positive; got {value}")
+    if t.max_steps is None and t.epochs <= 0:
+        raise MtlError(f"`trainer.epochs` must be positive (or set trainer.max_steps); got {t.epochs}")
+    if t.max_steps is not None and t.max_steps <= 0:
+        raise MtlError(f"`trainer.max_steps` must be positive; got {t.max_steps}")
+    if t.eval_every is not None and t.eval_every <= 0:
+        raise MtlError(f"`trainer.eval_every` must be positive or null (once per epoch); got {t.eval_every}")
+    if not 0 <= t.warmup_ratio <= 1:
+        raise MtlError(f"`trainer.warmup_ratio` must be in [0, 1]; got {t.warmup_ratio}")
+    if t.weight_decay < 0 or t.max_grad_norm < 0:
+        raise MtlError("`trainer.weight_decay` and `trainer.max_grad_norm` must not be negative")
+    if t.affinity_every < 0 or (t.affinity_lookahead_lr is not None and t.affinity_lookahead_lr <= 0):
+        raise MtlError("`trainer.affinity_every` must be >= 0 (0: off) and `trainer.affinity_lookahead_lr` positive")
+    if t.save_every is not None and t.save_every <= 0:
+        raise MtlError(f"`trainer.save_every` must be positive or null (at evaluations only); got {t.save_every}")
+    if t.keep_checkpoints < 1:
+        raise MtlError(f"`trainer.keep_checkpoints` must be at least 1; got {t.keep_checkpoints}")
+    if t.length_grouping < 0:
+        raise MtlError(f"`trainer.length_grouping` must be >= 0 (0: off); got {t.length_grouping}")
+    if t.early_stopping_patience is not None and t.early_stopping_patience < 1:
+        raise MtlError(f"`trainer.early_stopping_patience` must be >= 1 or null; got {t.early_stopping_patience}")
+    known = best_metric_names(cfg)
+    if t.best_metric != "main" and t.best_metric not in known:
+        raise MtlError(
+            f"`trainer.best_metric={t.best_metric}` is not a metric of these tasks; use main or one of {known}"
+        )
+
+
+def best_metric_names(cfg: MtlConfig) -> list[str]:
+    """The metric names `trainer.best_metric` may take besides `main`.
+
+    The same tasks as evaluate.average: the non-auxiliary ones (all tasks when every one is
+    auxiliary); a name counts when at least one of them reports it.
+    """
+    types = [task_types.get(task.type) for task in cfg.task.values()]
+    scored = [t for t in types if not t.AUXILIARY] or types
+    return sorted({metric for t in scored for metric in t.METRICS})
