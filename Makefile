@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.13.0
+# What lint and type checks cover (CI runs the same through `make check`).
+SRC := mtl_cli tests benchmarks
 
 .DEFAULT_GOAL := help
 .PHONY: help install demo test test-fast lint check bench clean
@@ -30,13 +32,15 @@ test: install ## run the whole test suite (real-data tests skip if ../shared/dat
 test-fast: install ## the suite without the slow (real-data, pretrained) tests
 	$(BIN)/pytest -m "not slow"
 
-lint: install ## ruff
-	$(BIN)/ruff check mtl_cli tests
+lint: install ## ruff (lint and format check, no rewrite) and mypy
+	$(BIN)/ruff check $(SRC)
+	$(BIN)/ruff format --check $(SRC)
+	$(BIN)/mypy $(SRC)
 
-check: lint test ## lint + tests, as CI runs them
+check: lint test ## lint + types + tests, as CI runs them
 
 bench: install ## throughput: mtl vs a hand-written loop vs HF Trainer (MiniLM, FDU-MTL; ~10 min), writes bench.json
 	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
 
 clean: ## remove .venv and caches (runs/ is kept)
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache build dist *.egg-info

@@ -69,7 +69,10 @@ class EncodingErrors(Choice):
 
 # `head+tail` is not a Python identifier, so this one is built with the functional API.
 Truncation = Choice(
-    "Truncation", [("head", "head"), ("tail", "tail"), ("head+tail", "head+tail")], module=__name__, qualname="Truncation"
+    "Truncation",
+    [("head", "head"), ("tail", "tail"), ("head+tail", "head+tail")],
+    module=__name__,  # so that pickle finds it
+    qualname="Truncation",
 )
 
 
