@@ -321,7 +321,9 @@ class AffinityRecorder:
         axes = fig.subplots(len(kinds), 2, squeeze=False)
         for row, kind in zip(axes, kinds, strict=True):
             recs = self.records(kind)
-            tasks, mean = self.summary(kind)
+            summary = self.summary(kind)
+            assert summary is not None  # the kind has records
+            tasks, mean = summary
             last = [[math.nan if v is None else v for v in r] for r in recs[-1]["matrix"]]
             span = f"steps {recs[0]['step']}-{recs[-1]['step']}" if len(recs) > 1 else f"step {recs[0]['step']}"
             _heatmap(fig, row[0], tasks, mean, kind, f"{kind}: mean\n{len(recs)} measurement(s), {span}")

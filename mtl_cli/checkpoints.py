@@ -325,7 +325,7 @@ def load_training_state(ckpt: Path, opt: Any, sched: Any, weighting: Any) -> Non
         torch.cuda.set_rng_state_all(saved["cuda_rng"])
 
 
-def rebuild_model(ckpt: Path, cfg: Any, labels: dict) -> Any:
+def rebuild_model(ckpt: Path, cfg: Any, labels: dict) -> tuple[Any, Any]:
     """The model a checkpoint was trained as, from the checkpoint alone (no Hub, no original weights),
     except a frozen base left out of it, which is rebuilt the way training built it."""
     import torch

@@ -140,7 +140,7 @@ def train_command(args: list[str]) -> None:
         return resume_command(resume_dir, rest)
     args = rewrite_overrides(args)
     overrides, flags, multirun = split_hydra_args(args)
-    informational = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "--version", "--shell-completion"}
+    informational = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "--version"}
     if not informational & set(flags):
         from mtl_cli.compose import check_overrides
 

@@ -8,6 +8,7 @@ naming the override to fix, and no run directory is created.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 import os
 import re
 from pathlib import Path
@@ -19,7 +20,7 @@ from mtl_cli.config import CONF_DIR
 from mtl_cli.errors import MtlError, first_line
 
 
-def known_options(group: str, extra_dirs: list[str] = ()) -> list[str]:
+def known_options(group: str, extra_dirs: Sequence[str] = ()) -> list[str]:
     names = set()
     for root in [CONF_DIR, *map(Path, extra_dirs)]:
         base = root / group
@@ -28,7 +29,7 @@ def known_options(group: str, extra_dirs: list[str] = ()) -> list[str]:
     return sorted(names)
 
 
-def compose_config(overrides: list[str] = (), config_dir: str | None = None, config_name: str = "config") -> DictConfig:
+def compose_config(overrides: Sequence[str] = (), config_dir: str | None = None, config_name: str = "config") -> DictConfig:
     """The composed (unresolved) config, as `mtl train` would see it. Raises MtlError."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -123,7 +124,7 @@ def combos_for_tests(overrides: list[list[str]]) -> list[list[str]]:
     return [list(c) for c in itertools.product(*overrides)]
 
 
-def compose_typed(overrides: list[str] = (), config_dir: str | None = None) -> Any:
+def compose_typed(overrides: Sequence[str] = (), config_dir: str | None = None) -> Any:
     from mtl_cli.validation import to_typed  # heavy: see check_overrides
 
     return to_typed(compose_config(overrides, config_dir))

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import MISSING, OmegaConf
 
@@ -61,19 +61,24 @@ class DataFormat(Choice):
     text = "text"
 
 
-class EncodingErrors(Choice):
-    strict = "strict"
-    replace = "replace"
-    ignore = "ignore"
+# The decoding error handlers `datasets` passes on to Python's codecs. A plain string checked by
+# validation, not a Choice: a member named `replace` would hide str.replace on every member.
+ENCODING_ERRORS = ("strict", "replace", "ignore")
 
+if TYPE_CHECKING:  # the class mypy checks against; it cannot follow the functional API below
 
-# `head+tail` is not a Python identifier, so this one is built with the functional API.
-Truncation = Choice(
-    "Truncation",
-    [("head", "head"), ("tail", "tail"), ("head+tail", "head+tail")],
-    module=__name__,  # so that pickle finds it
-    qualname="Truncation",
-)
+    class Truncation(Choice):
+        head = "head"
+        tail = "tail"
+
+else:
+    # `head+tail` is not a Python identifier, so this one is built with the functional API.
+    Truncation = Choice(
+        "Truncation",
+        [("head", "head"), ("tail", "tail"), ("head+tail", "head+tail")],
+        module=__name__,  # so that pickle finds it
+        qualname="Truncation",
+    )
 
 
 class TaskMarker(Choice):
@@ -119,7 +124,7 @@ class TaskConfig:
     # Text encoding of local files (FDU-MTL's MR domain is cp1252).
     encoding: str = "utf-8"
     # `replace` reads undecodable bytes as U+FFFD instead of stopping (csv, tsv, text formats).
-    encoding_errors: EncodingErrors = EncodingErrors.strict
+    encoding_errors: str = "strict"
     delimiter: str | None = None
     header: bool = True
     # False reads `"` as an ordinary character (FDU-MTL and UCI texts contain raw quotes).

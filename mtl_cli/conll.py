@@ -107,7 +107,7 @@ def load_conll(name: str, files: dict[str, str], encoding: str = "utf-8"):
             cause = _find_cause(err)
             if cause is None:
                 raise
-            hint = f" or set task.{name}.encoding (e.g. cp1252)" if cause.decoding else ""
+            hint = f" or set task.{name}.encoding (e.g. cp1252)" if getattr(cause, "decoding", False) else ""
             raise MtlError(f"task '{name}': {cause}{hint}") from None
     return datasets.DatasetDict(out)
 
@@ -115,9 +115,10 @@ def load_conll(name: str, files: dict[str, str], encoding: str = "utf-8"):
 def _find_cause(err: BaseException) -> BaseException | None:
     """The ConllFormatError that `datasets` wrapped (DatasetGenerationError), if any."""
     seen = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, ConllFormatError):
-            return err
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ConllFormatError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
     return None

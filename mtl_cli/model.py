@@ -6,6 +6,7 @@ with the trunk's last hidden states.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -18,14 +19,14 @@ from mtl_cli import task_types
 class MultiTaskModel(nn.Module):
     """trunk (the sharing scheme: hidden states for a task) + one head per task."""
 
-    def __init__(self, trunk: nn.Module, heads: dict[str, nn.Module], embedding_tasks: list[str] = ()):
+    def __init__(self, trunk: Any, heads: dict[str, nn.Module], embedding_tasks: Sequence[str] = ()):
         super().__init__()
-        self.trunk = trunk
-        self.heads = nn.ModuleDict(heads)
+        self.trunk: Any = trunk  # a sharing scheme's Trunk (mtl_cli/sharing)
+        self.heads: Any = nn.ModuleDict(heads)
         # Tasks with `task_marker: embedding` add a learned vector to every input embedding.
         self.task_index = {task: i for i, task in enumerate(embedding_tasks)}
         if embedding_tasks:
-            self.task_embeddings = nn.Embedding(len(embedding_tasks), trunk.encoder.config.hidden_size)
+            self.task_embeddings: Any = nn.Embedding(len(embedding_tasks), trunk.encoder.config.hidden_size)
             nn.init.zeros_(self.task_embeddings.weight)
 
     @property

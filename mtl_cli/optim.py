@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from transformers import get_linear_schedule_with_warmup
 
 
-def build_optimizer(model: Any, t: Any, total_steps: int, extra: list = ()) -> tuple[Any, Any]:
+def build_optimizer(model: Any, t: Any, total_steps: int, extra: Sequence[Any] = ()) -> tuple[Any, Any]:
     """`t`: the trainer config. `extra`: learnable loss weights (uncertainty weighting)."""
     # Biases and LayerNorm weights are not decayed (the usual BERT fine-tuning recipe).
-    decay, no_decay = [], []
+    decay: list[Any] = []
+    no_decay: list[Any] = []
     for p in model.parameters():
         if p.requires_grad:
             (no_decay if p.ndim < 2 else decay).append(p)

@@ -163,7 +163,8 @@ def build_report(folder: Path, split: str = "test") -> dict:
         raise MtlError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
     if not folder.is_dir():
         raise MtlError(f"no folder {folder}; pass a sweep folder such as runs/multirun/<date>/<time>")
-    runs, skipped = [], []
+    runs: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
     for path in find_runs(folder):
         name = path.relative_to(folder).as_posix() if path != folder else folder.name
         config = _load_yaml(path / "config.yaml")
@@ -228,12 +229,12 @@ def build_report(folder: Path, split: str = "test") -> dict:
     parsed = [parse_overrides(run["overrides"]) for run in runs]
     common = {k: v for k, v in parsed[0].items() if all(k in p and p[k] == v for p in parsed[1:])}
     order = {run["run"]: i for i, run in enumerate(runs)}
-    values = {k: sorted({json.dumps(r[k]): r[k] for r in rows}.values(), key=_sort_key) for k in swept}
+    swept_values = {k: sorted({json.dumps(r[k]): r[k] for r in rows}.values(), key=_sort_key) for k in swept}
     return {
         "folder": str(folder.resolve()),
         "split": split,
         "tasks": tasks,
-        "swept": values,
+        "swept": swept_values,
         "metrics": metrics,
         "overrides": common,
         "rows": rows,

@@ -110,6 +110,7 @@ def _load_local(name: str, cfg: TaskConfig, data_root: str | None):
         return load_conll(name, files, encoding=cfg.encoding)
     kwargs: dict[str, Any] = {}
     if cfg.format in ("csv", "tsv", "text"):
+        # str(): `datasets` hashes these kwargs into its cache key, and an enum member hashes apart from its name
         kwargs = {"encoding": cfg.encoding, "encoding_errors": cfg.encoding_errors}
     elif cfg.format in ("json", "jsonl"):
         kwargs = {"encoding": cfg.encoding}
@@ -157,8 +158,9 @@ def _has_examples(path: Path, skip: int) -> bool:
 
 
 def _root_cause(err: BaseException) -> BaseException:
-    while err.__cause__ is not None or err.__context__ is not None:
-        err = err.__cause__ or err.__context__
+    nxt = err.__cause__ or err.__context__
+    while nxt is not None:
+        err, nxt = nxt, nxt.__cause__ or nxt.__context__
     return err
 
 

@@ -50,7 +50,7 @@ from mtl_cli.evaluate import Evaluation, Evaluator, final_results, write_interru
 from mtl_cli.fingerprints import data_fingerprint
 from mtl_cli.interrupts import StopRequest
 from mtl_cli.logs import progress_bar, setup_logging
-from mtl_cli.mixing import TaskSampler, build_sampler
+from mtl_cli.mixing import build_sampler
 from mtl_cli.model import MultiTaskModel, build_model
 from mtl_cli.optim import build_optimizer
 from mtl_cli.rundir import RunDir, append_jsonl, claim_run_dir, load_run_config, new_run_dir, trim_jsonl, write_json
@@ -74,7 +74,7 @@ class Setup:
     encoder: Any
     tokenizer: Any
     data: dict[str, dict[str, dict[str, list]]]  # split -> task -> columns
-    sampler: TaskSampler
+    sampler: Any  # a mixing sampler (mixing/sampler.py: TaskSampler, and set_active)
     weighting: Any
     steps_per_epoch: int
     total_steps: int
@@ -94,7 +94,7 @@ class Parts:
     types: dict[str, Any]  # task -> its task-type module
     optimizer: Any
     scheduler: Any
-    sampler: TaskSampler
+    sampler: Any
     batches: dict[str, TaskBatches]
     data: dict[str, dict[str, dict[str, list]]]
     weighting: Any
@@ -144,7 +144,7 @@ def resume(run_dir: Path, trust_remote_code: bool = False) -> dict:
     setup = prepare(cfg)
     state = new_state_from(ckpt, setup) if ckpt is not None else None  # checked before anything is written
     parts = build(setup, run, resumed=True)
-    if state is None:
+    if state is None or ckpt is None:
         log.info("resume: %s has no checkpoint yet; training starts again from step 0", run)
         state = new_state(parts, setup)
     else:
@@ -293,8 +293,8 @@ def run_to_end(parts: Parts, s: Setup, state: TrainState) -> dict:
     try:
         with StopRequest() as signals:
             stop = fit(parts, state, callbacks, signals)
-        if signals.requested:
-            return interrupted(parts, state, callbacks, signals.signum)
+        if signals.signum is not None:
+            interrupted(parts, state, callbacks, signals.signum)
         if stop is not None and stop.error:
             raise MtlError(stop.reason)
         if stop is not None:

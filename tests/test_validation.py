@@ -61,7 +61,8 @@ def test_a_bad_choice_in_a_saved_config_names_the_key(override: str) -> None:
 
 
 def test_choices_read_as_their_plain_names() -> None:
-    cfg = to_typed(compose_config(rewrite_overrides(["trainer.precision=bf16", "task.restaurants.truncation=head+tail"])))
+    overrides = ["trainer.precision=bf16", "task.restaurants.truncation=head+tail"]
+    cfg = to_typed(compose_config(rewrite_overrides(overrides)))
     t, task = cfg.trainer, cfg.task["restaurants"]
     assert t.precision is Precision.bf16 and t.precision == "bf16" and t.nonfinite == NonFinite.stop == "stop"
     assert task.truncation is Truncation["head+tail"] and task.truncation == "head+tail"
@@ -74,7 +75,8 @@ def test_choices_read_as_their_plain_names() -> None:
 
 def test_every_choice_member_is_named_by_its_value() -> None:
     """OmegaConf reads YAML and overrides by member name, JSON and comparisons use the value."""
-    choices = [v for v in vars(mtl_cli.config).values() if isinstance(v, type) and issubclass(v, Choice) and v is not Choice]
+    found = vars(mtl_cli.config).values()
+    choices = [v for v in found if isinstance(v, type) and issubclass(v, Choice) and v is not Choice]
     assert len(choices) >= 9
     for choice in choices:
         assert all(member.name == member.value for member in choice), choice

@@ -44,8 +44,10 @@ class AffinityProbe(Callback):
             self.recorder.record(state.step, tasks, matrix, kind)
 
     def on_finish(self, parts: Any, state: Any) -> None:
-        if self.recorder.plot(self.plot_path) is not None:
-            names, matrix = self.recorder.summary()
+        summary = self.recorder.summary()
+        if summary is not None:
+            self.recorder.plot(self.plot_path)
+            names, matrix = summary
             log.info("task gradient cosines on the shared encoder, mean over the run: %s %s",
                      names, [[round(v, 3) for v in row] for row in matrix])  # fmt: skip
 

@@ -24,7 +24,7 @@ class WeightingDiagnostics(Callback):
                 )  # fmt: skip
         losses = {t: v for t, v in state.running_loss.items() if v > 0}
         if len(losses) > 1:
-            hi, lo = max(losses, key=losses.get), min(losses, key=losses.get)
+            hi, lo = max(losses, key=lambda t: losses[t]), min(losses, key=lambda t: losses[t])
             if losses[hi] > 100 * losses[lo]:
                 log.warning(
                     "loss scales differ: %s's loss (%.3g) is %.0fx %s's (%.3g); consider loss_weighting=uncertainty",

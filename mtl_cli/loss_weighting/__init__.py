@@ -18,7 +18,7 @@ A weighting has
                                `shared` are the trunk's shared parameters (gradient surgery acts on them)
     state_dict()/load_state_dict()
 
-Methods that only weight losses call `weighted_backward`, below. Adding a method: a module here,
+Methods that only weight losses call `weighted.weighted_backward`. Adding a method: a module here,
 its name in METHODS, and conf/loss_weighting/<name>.yaml. METHODS is the one list of names:
 validation (mtl_cli.validation) reads it through `get`.
 """
@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
-
-import torch
 
 METHODS = ("equal", "static", "uncertainty", "dwa", "gradnorm", "pcgrad", "cagrad")
 
@@ -40,8 +38,3 @@ def get(name: str) -> ModuleType:
         raise MtlError(f"unknown loss weighting {name!r} (`loss_weighting=`); use one of {list(METHODS)}")
     return importlib.import_module(f"mtl_cli.loss_weighting.{name}")
 
-
-def weighted_backward(losses: dict[str, torch.Tensor], weights: dict[str, float | torch.Tensor]) -> torch.Tensor:
-    total = sum(weights[task] * loss for task, loss in losses.items())
-    total.backward()
-    return total

@@ -18,7 +18,7 @@ import math
 import torch
 
 from mtl_cli.config import LossWeightingConfig
-from mtl_cli.loss_weighting import weighted_backward
+from mtl_cli.loss_weighting.weighted import weighted_backward
 
 # What this method can do (read by mtl_cli.validation and the training loop; see __init__).
 NEEDS_ALL_TASKS = False

@@ -21,6 +21,8 @@ same derivative in w_i (||grad_W L_i||), without the double-backward graph that
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from mtl_cli.config import LossWeightingConfig
@@ -62,18 +64,18 @@ class GradNorm:
         last_shared = matrices[-1]
         task_losses = [losses[task] for task in self.tasks]
 
-        grad_norms = []
+        norms_per_task = []
         for task, loss in zip(self.tasks, task_losses, strict=True):
             (grad,) = torch.autograd.grad(loss, last_shared, retain_graph=True, allow_unused=True)
             if grad is None:
                 raise MtlError(f"task '{task}' does not reach the last shared weight matrix; gradnorm cannot weigh it")
-            grad_norms.append(grad.norm())
+            norms_per_task.append(grad.norm())
         # The weight arithmetic is on N numbers: do it where the weights live (the CPU).
-        grad_norms = torch.stack(grad_norms).detach().float().to(self.task_weights.device)
+        grad_norms = torch.stack(norms_per_task).detach().float().to(self.task_weights.device)
         loss_values = torch.stack([loss.detach() for loss in task_losses]).float().to(self.task_weights.device)
 
         current = self.task_weights.detach().tolist()
-        model_loss = sum(w * loss for w, loss in zip(current, task_losses, strict=True))
+        model_loss: Any = sum(w * loss for w, loss in zip(current, task_losses, strict=True))
         model_loss.backward()
 
         if self.initial_losses is None:

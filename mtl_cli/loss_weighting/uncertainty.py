@@ -18,6 +18,8 @@ tasks in a step's `losses` get a gradient, so one task per step works (the other
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from mtl_cli.config import LossWeightingConfig
@@ -43,7 +45,7 @@ class Uncertainty:
 
     def backward(self, losses: dict[str, torch.Tensor], shared: list[torch.nn.Parameter]) -> torch.Tensor:
         """Set the gradients; returns the (detached) loss it differentiated."""
-        total = 0.0
+        total: Any = 0.0
         for task, loss in losses.items():
             # The s_i stay where they were built (the CPU); the copy on the loss's device keeps the graph.
             s = self.log_vars[task].to(loss.device)
