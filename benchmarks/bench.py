@@ -58,6 +58,7 @@ import tempfile
 import time
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -230,7 +231,7 @@ def summarize(args: argparse.Namespace, runs: dict[str, list[dict]], peak: dict,
     trainer_config = [r.pop("trainer_config") for r in runs["mtl"]][0]  # the same in every run
     for r in runs["mtl_fp32"]:
         r.pop("trainer_config")
-    methods = {}
+    methods: dict[str, dict[str, Any]] = {}
     for method, method_runs in runs.items():
         per_run = [rates(r) for r in method_runs]
         methods[method] = {key: median(r[key] for r in per_run) for key in per_run[0]}

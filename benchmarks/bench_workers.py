@@ -97,6 +97,7 @@ def train_loop(cfg: MtlConfig) -> dict:
     from transformers import AutoModel, AutoTokenizer, get_linear_schedule_with_warmup
 
     t = cfg.trainer
+    assert t.max_steps is not None  # the benchmark always sets a fixed step budget
     max_length = next(iter(cfg.task.values())).max_length
     data = train_texts(cfg)
     torch.manual_seed(cfg.seed)
@@ -143,7 +144,8 @@ class CountingCollator:
     """DataCollatorWithPadding that also counts the real and padded tokens of each batch it builds."""
 
     def __init__(self, collator: Any):
-        self.collator, self.batches = collator, []
+        self.collator = collator
+        self.batches: list[tuple[int, int, int]] = []
 
     def __call__(self, features: list[dict]) -> dict:
         batch = self.collator(features)
@@ -167,6 +169,7 @@ def train_trainer(cfg: MtlConfig) -> dict:
     hf_logging.set_verbosity_error()
     datasets.disable_progress_bars()
     t = cfg.trainer
+    assert t.max_steps is not None  # the benchmark always sets a fixed step budget
     max_length = next(iter(cfg.task.values())).max_length
     texts, labels = [], []
     for task_texts, task_labels in train_texts(cfg).values():
@@ -201,7 +204,7 @@ def measure_gemm_peak(size: int = 2048, repeats: int = 5) -> dict:
     """The fastest of `repeats` square matrix multiplies (after one warm-up), fp32 and bf16, in FLOP/s."""
     import torch
 
-    out = {"gemm_size": size, "gemm_repeats": repeats}
+    out: dict[str, float] = {"gemm_size": size, "gemm_repeats": repeats}
     for dtype, key in ((torch.float32, "fp32_flops_per_second"), (torch.bfloat16, "bf16_flops_per_second")):
         a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
         a @ b

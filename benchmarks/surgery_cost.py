@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from typing import Any
 
 import torch
 from torch import nn
@@ -59,7 +60,7 @@ def main() -> None:
 
 
 def bench(
-    args: argparse.Namespace, n: int, encoder: nn.Module, vocab: int, device: torch.device
+    args: argparse.Namespace, n: int, encoder: Any, vocab: int, device: torch.device
 ) -> dict[str, list[float]]:
     tasks = [f"task{i}" for i in range(n)]
     heads = nn.ModuleDict({t: nn.Linear(encoder.config.hidden_size, 2) for t in tasks}).to(device)
@@ -85,14 +86,14 @@ def bench(
             hidden = encoder(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
             losses[t] = nn.functional.cross_entropy(heads[t](hidden.mean(1)), labels)
         if method is None:
-            sum(losses.values()).backward()
+            torch.stack(list(losses.values())).sum().backward()
         else:
             method.backward(losses, shared)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    times = {name: [] for name in methods}
+    times: dict[str, list[float]] = {name: [] for name in methods}
     names = list(methods)
     for i in range(args.warmup + args.steps):
         for name in names[i % 3 :] + names[: i % 3]:

@@ -224,6 +224,11 @@ def checkpoint_candidates(run: RunDir, which: str) -> list[Path]:
     return out
 
 
+def is_checkpoint(folder: Path) -> bool:
+    """A checkpoint folder (copied out of its run or not), as opposed to a run directory."""
+    return (folder / "model.safetensors").is_file()
+
+
 def has_checkpoint(run: RunDir, which: str) -> bool:
     return any(c.exists() for c in checkpoint_candidates(run, which))
 

@@ -8,9 +8,9 @@ naming the override to fix, and no run directory is created.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 

@@ -15,6 +15,7 @@ from mtl_cli.checkpoints import (
     checkpoint_name,
     checkpoint_problem,
     find_checkpoint,
+    is_checkpoint,
     rebuild_model,
 )
 from mtl_cli.device import setup_torch, use_bf16
@@ -41,7 +42,7 @@ def evaluate_run(
         raise MtlError(f"split must be test or validation; got split={split}")
     checkpoint = checkpoint_name(checkpoint)
     run_dir = find_latest_run(runs_root) if run == "latest" else RunDir(Path(run))
-    if (run_dir.path / "model.safetensors").is_file() and run_dir.is_run():  # a checkpoint on its own
+    if is_checkpoint(run_dir.path) and run_dir.is_run():  # a checkpoint on its own, with its config.yaml
         ckpt, out = run_dir.path, RunDir(run_dir.path)
         problem = checkpoint_problem(ckpt)
         if problem is not None:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from mtl_cli.errors import MtlError
-from mtl_cli.rundir import write_json
+from mtl_cli.rundir import RunDir, write_json
 from mtl_cli.tables import rows_to_markdown
 
 SPLITS = ("test", "validation")
@@ -101,7 +101,7 @@ def _read_json(path: Path) -> Any:
 def _validation_results(run: Path) -> dict | str:
     """{task: {metric: value}, "average": {...}} from metrics.csv's `validation_<metric>` columns."""
     try:
-        with open(run / "metrics.csv", encoding="utf-8", newline="") as f:
+        with open(RunDir(run).table.with_suffix(".csv"), encoding="utf-8", newline="") as f:
             rows = list(csv.DictReader(f))
     except OSError:
         return "no metrics.csv"
@@ -167,19 +167,20 @@ def build_report(folder: Path, split: str = "test") -> dict:
     skipped: list[dict[str, str]] = []
     for path in find_runs(folder):
         name = path.relative_to(folder).as_posix() if path != folder else folder.name
-        config = _load_yaml(path / "config.yaml")
+        run_dir = RunDir(path)
+        config = _load_yaml(run_dir.config)
         if not isinstance(config, dict) or not isinstance(config.get("task"), dict):
             skipped.append({"run": name, "reason": "config.yaml is not an mtl run config"})
             continue
-        if not (path / "results.json").is_file():
+        if not run_dir.results.is_file():
             skipped.append({"run": name, "reason": "no results.json (unfinished)"})
             continue
-        results = _read_json(path / "results.json") if split == "test" else _validation_results(path)
+        results = _read_json(run_dir.results) if split == "test" else _validation_results(path)
         if not isinstance(results, dict) or not isinstance(results.get("average"), dict):
             reason = results if isinstance(results, str) else "unreadable results.json"
             skipped.append({"run": name, "reason": f"{reason} ({split} split)"})
             continue
-        overrides = _load_yaml(path / "overrides.yaml") if (path / "overrides.yaml").is_file() else []
+        overrides = _load_yaml(run_dir.overrides) if run_dir.overrides.is_file() else []
         overrides = [str(o) for o in overrides] if isinstance(overrides, list) else []
         runs.append({"run": name, "path": str(path.resolve()), "config": config, "results": results,
                      "overrides": overrides})  # fmt: skip

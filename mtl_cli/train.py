@@ -30,6 +30,7 @@ from mtl_cli.callbacks.early_stopping import EarlyStopping
 from mtl_cli.callbacks.nonfinite import NonfiniteGuard
 from mtl_cli.callbacks.timing import Timing
 from mtl_cli.checkpoints import (
+    TRAINING_STATE,
     base_reference,
     check_checkpoint_origin,
     config_digest,
@@ -138,8 +139,8 @@ def resume(run_dir: Path, trust_remote_code: bool = False) -> dict:
     ckpt = find_checkpoint(run, "last") if has_checkpoint(run, "last") else None
     if ckpt is not None:
         check_checkpoint_origin(run.config, ckpt, cfg)
-        if not (ckpt / "optimizer.pt").is_file():
-            raise MtlError(f"{ckpt} has no optimizer.pt (the training state); it cannot be resumed from")
+        if not (ckpt / TRAINING_STATE).is_file():
+            raise MtlError(f"{ckpt} has no {TRAINING_STATE} (the training state); it cannot be resumed from")
     setup_logging(None)
     setup = prepare(cfg)
     state = new_state_from(ckpt, setup) if ckpt is not None else None  # checked before anything is written
