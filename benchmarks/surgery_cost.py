@@ -59,9 +59,7 @@ def main() -> None:
         )
 
 
-def bench(
-    args: argparse.Namespace, n: int, encoder: Any, vocab: int, device: torch.device
-) -> dict[str, list[float]]:
+def bench(args: argparse.Namespace, n: int, encoder: Any, vocab: int, device: torch.device) -> dict[str, list[float]]:
     tasks = [f"task{i}" for i in range(n)]
     heads = nn.ModuleDict({t: nn.Linear(encoder.config.hidden_size, 2) for t in tasks}).to(device)
     params = [*encoder.parameters(), *heads.parameters()]

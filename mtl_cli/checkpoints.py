@@ -364,5 +364,7 @@ def dump_nonfinite(folder: Path, model: Any, batches: dict, info: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     save_file(model_state(model), str(folder / "model.safetensors"))
     for task, batch in batches.items():
-        save_file({k: v.detach().cpu().contiguous() for k, v in batch.items()}, str(folder / f"batch-{task}.safetensors"))
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in batch.items()}, str(folder / f"batch-{task}.safetensors")
+        )
     write_json(folder / "info.json", info)

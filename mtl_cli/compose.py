@@ -29,7 +29,9 @@ def known_options(group: str, extra_dirs: Sequence[str] = ()) -> list[str]:
     return sorted(names)
 
 
-def compose_config(overrides: Sequence[str] = (), config_dir: str | None = None, config_name: str = "config") -> DictConfig:
+def compose_config(
+    overrides: Sequence[str] = (), config_dir: str | None = None, config_name: str = "config"
+) -> DictConfig:
     """The composed (unresolved) config, as `mtl train` would see it. Raises MtlError."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra

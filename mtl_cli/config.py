@@ -308,4 +308,3 @@ def _register() -> None:
 
 
 _register()
-

@@ -23,7 +23,6 @@ def write_table(md_path: Path, rows: list[dict], header: str = "") -> None:
     write_text(md_path.with_suffix(".csv"), rows_to_csv(rows))
 
 
-
 def table_rows(results: dict[str, dict[str, dict[str, float]]], extra: dict[str, dict[str, Any]]) -> list[dict]:
     """One row per task (then `average`): `<split>_<metric>` for every metric any task has, plus extras.
 
@@ -117,5 +116,3 @@ def print_table(rows: list[dict], title: str) -> None:
     if not console.is_terminal:
         console.width = max(console.width, 120)
     console.print(table)
-
-

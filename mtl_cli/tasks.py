@@ -269,4 +269,3 @@ def _complete_splits(name: str, cfg: TaskConfig, raw):
             ds = out[split]
             out[split] = ds.shuffle(seed=cfg.split_seed).select(range(min(cfg.max_eval_examples, len(ds))))
     return datasets.DatasetDict({split: out[split] for split in SPLITS})
-

@@ -202,7 +202,9 @@ def build(s: Setup, run: RunDir, resumed: bool = False) -> Parts:
     write_json(run.parameters, {"sharing": cfg.sharing.name, **counts})
     log.info("sharing=%s parameters: %s", cfg.sharing.name, counts)
     if s.weighting.needs_all_tasks:
-        log.info("loss_weighting=%s: every step holds one batch of each task; mixing is not used", cfg.loss_weighting.name)
+        log.info(
+            "loss_weighting=%s: every step holds one batch of each task; mixing is not used", cfg.loss_weighting.name
+        )
     else:
         log.info(
             "mixing=%s probabilities %s; loss_weighting=%s",

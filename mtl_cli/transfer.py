@@ -96,7 +96,11 @@ def run_transfer(cfg: MtlConfig, seeds: list[int], overrides: list[str] | None =
             if baseline is None:
                 baseline = RunDir(Path(train(single_cfg, run_dir=baselines_root / key)["run_dir"]))
             results = json.loads(baseline.results.read_text())
-            record["single"].setdefault(task, {})[seed] = {"run_dir": str(baseline), "reused": reused, "results": results}
+            record["single"].setdefault(task, {})[seed] = {
+                "run_dir": str(baseline),
+                "reused": reused,
+                "results": results,
+            }
     report = summarise(cfg, record)
     write_report(out, report)
     return report

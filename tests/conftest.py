@@ -1,11 +1,18 @@
-"""Shared test helpers: the real CLI in a subprocess, and the shared data folder."""
+"""Shared test helpers: the one tiny run and tiny encoder the tests build on, `mtl` in this process
+and as a user runs it (a subprocess), and the shared data folder.
+
+No helper here has a wall-clock limit: a loaded machine makes a test slow, never failing.
+"""
 
 from __future__ import annotations
 
+import copy
+import functools
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,14 +23,84 @@ needs_shared_data = pytest.mark.skipif(
     not (SHARED_DATA / "sentiment-sentences").is_dir(), reason=f"shared data sets not found at {SHARED_DATA}"
 )
 
+# The tiny run every training test starts from: experiment=smoke (encoder=tiny, batch 8, lr 1e-3,
+# 8 steps evaluated at 4 and 8, the two packaged demo tasks) without the progress bar. A test adds
+# only what it is about (trainer.max_steps=..., task=..., a sharing scheme).
+TINY_RUN = ["experiment=smoke", "trainer.progress=false"]
 
-def run_mtl(*args: str, cwd: Path, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    """`mtl ARGS` as a user runs it, with runs/ under `cwd`."""
+
+def tiny_run(runs_root: Path, *overrides: str, config_dir: Path | None = None) -> dict:
+    """`train()` in this process on TINY_RUN + `overrides`, the run under `runs_root`; train's result
+    ({"run_dir", "results", "validation", ...})."""
+    from mtl_cli.compose import compose_config
+    from mtl_cli.train import train
+
+    cfg = compose_config([*TINY_RUN, f"runs_root={runs_root}", *overrides], str(config_dir) if config_dir else None)
+    return train(cfg)
+
+
+@functools.cache
+def _tiny_encoder(seed: int) -> tuple[Any, Any]:
+    # Imported here, not at the top: config-only test files should not pay for torch at collection.
+    import torch
+
+    from mtl_cli.compose import compose_typed
+    from mtl_cli.encoders import load_encoder
+
+    torch.manual_seed(seed)
+    return load_encoder(compose_typed(["encoder=tiny"]).encoder)
+
+
+def tiny_encoder(seed: int = 0) -> tuple[Any, Any]:
+    """(encoder, tokenizer) of `encoder=tiny`, its random weights drawn after `torch.manual_seed(seed)`.
+
+    Loaded once per seed for the whole session; each call gets its own deep copy, because tests cut
+    the encoder (partial sharing), wrap it (adapters) or add tokens to both (task markers). The
+    global torch seed is set to `seed` again, so what a test draws next is the same on every call,
+    as it was when each test seeded and loaded the encoder itself.
+    """
+    import torch
+
+    pair = copy.deepcopy(_tiny_encoder(seed))
+    torch.manual_seed(seed)
+    return pair
+
+
+def run_mtl(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`mtl ARGS` as a user runs it (a fresh interpreter), with runs/ under `cwd`."""
     full_env = {**os.environ, "MTL_RUNS_ROOT": str(cwd / "runs"), **(env or {})}
     full_env.pop("MTL_DATA_ROOT", None)
     return subprocess.run(
-        [sys.executable, "-m", "mtl_cli", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "mtl_cli", *args], cwd=cwd, env=full_env, capture_output=True, text=True
     )
+
+
+@pytest.fixture
+def mtl(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
+    """`mtl(*args, cwd=...)`: `mtl ARGS` in this process, as `run_mtl` runs it in a subprocess
+    (runs/ under `cwd`, MTL_DATA_ROOT unset); returns a CompletedProcess with the exit code and
+    what was printed. Saves the seconds of interpreter start-up and imports a subprocess pays.
+
+    An exception that escapes `main` (a traceback a user would see) fails the test right there.
+    `mtl train` changes sys.argv for Hydra; monkeypatch puts it back.
+    """
+    from mtl_cli.cli import main
+
+    def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+        monkeypatch.chdir(cwd)
+        monkeypatch.setenv("MTL_RUNS_ROOT", str(cwd / "runs"))
+        monkeypatch.delenv("MTL_DATA_ROOT", raising=False)
+        monkeypatch.setattr(sys, "argv", ["mtl", *args])
+        capsys.readouterr()  # only this command's output
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as exit:
+            code = exit.code if isinstance(exit.code, int) else (0 if exit.code is None else 1)
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(["mtl", *args], code, out.out, out.err)
+
+    return run
 
 
 def run_dirs(root: Path) -> list[Path]:

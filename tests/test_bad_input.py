@@ -1,6 +1,11 @@
-"""The bad-input catalogue, through the real CLI: configs, data, checkpoints, run directories and
-an unreachable Hub. Every case must give a one-line error naming the fix, exit code 2, no
-traceback, no run directory left behind, and leave every earlier run byte for byte as it was."""
+"""The bad-input catalogue of the CLI: configs, data, checkpoints, run directories and an
+unreachable Hub. Every case must give a one-line error naming the fix, exit code 2, no
+traceback, no run directory left behind, and leave every earlier run byte for byte as it was.
+
+The cases run `mtl_cli.cli.main` in this process (the `mtl` fixture): nothing here needs a fresh
+interpreter, and a subprocess costs seconds of start-up and imports per case. A few of them
+(REAL_CLI) also run through `python -m mtl_cli`, the real thing end to end.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +16,12 @@ from pathlib import Path
 import pytest
 
 from mtl_cli.config import PACKAGE_DIR
-from mtl_cli.rundir import load_run_config
 from mtl_cli.hub import hub_reachable
-from tests.conftest import run_dirs, run_mtl
+from mtl_cli.rundir import load_run_config
+from tests.conftest import TINY_RUN, run_dirs, run_mtl, tiny_run
 
-SMOKE = ["experiment=smoke", "trainer.max_steps=2", "trainer.eval_every=2"]
+# Most cases fail before training; the ones that would not, should not train long.
+SHORT = [*TINY_RUN, "trainer.max_steps=2", "trainer.eval_every=2"]
 
 
 def tree_digest(root: Path) -> str:
@@ -102,26 +108,31 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_bad_train_input(workdir: Path, case: str) -> None:
+def check_bad_train_input(run, workdir: Path, case: str) -> None:
+    """`run` is the `mtl` fixture or `run_mtl`: the same checks in this process and in a subprocess."""
     args, message = CASES[case]
     before = tree_digest(workdir / "runs")
-    proc = run_mtl("train", "--config-dir", str(workdir / "myconf"), *SMOKE, *args, cwd=workdir)
+    proc = run("train", "--config-dir", str(workdir / "myconf"), *SHORT, *args, cwd=workdir)
     assert_one_line_error(proc, message)
     assert tree_digest(workdir / "runs") == before
     assert len(run_dirs(workdir / "runs")) == 1  # only the earlier run
 
 
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_train_input(mtl, workdir: Path, case: str) -> None:
+    check_bad_train_input(mtl, workdir, case)
+
+
 @pytest.mark.skipif(hub_reachable(), reason="the Hub is reachable here; this checks the offline message")
-def test_hub_task_offline_fails_fast_with_the_local_alternative(workdir: Path) -> None:
-    proc = run_mtl("train", *SMOKE, "task=yelp", cwd=workdir, timeout=60)
+def test_hub_task_offline_fails_fast_with_the_local_alternative(mtl, workdir: Path) -> None:
+    proc = mtl("train", *SHORT, "task=yelp", cwd=workdir)
     assert proc.returncode == 2
     assert "unreachable" in proc.stderr and "task=sentences/yelp data_root=" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
-def test_unknown_command() -> None:
-    proc = run_mtl("trian", cwd=Path.cwd())
+def test_unknown_command(mtl, tmp_path: Path) -> None:
+    proc = mtl("trian", cwd=tmp_path)
     assert proc.returncode == 2 and "unknown command 'trian'" in proc.stderr
 
 
@@ -131,19 +142,16 @@ def test_unknown_command() -> None:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
     """Finished and stopped runs to damage: smoke (2 tasks), one with another task set, one with another encoder."""
-    from mtl_cli.compose import compose_config
-    from mtl_cli.train import train
-
     root = tmp_path_factory.mktemp("runs")
-    base = ["experiment=smoke", f"runs_root={root / 'made'}", "trainer.progress=false"]
+    made = root / "made"
     data = shutil.copytree(PACKAGE_DIR / "data" / "demo" / "restaurants", root / "data" / "restaurants")
-    made = {
-        "smoke": train(compose_config(base)),
-        "one task": train(compose_config([*base, "task=demo/restaurants"])),
-        "wider": train(compose_config([*base, "encoder.config_overrides.hidden_size=64"])),
-        "own data": train(compose_config([*base, f"task.restaurants.data_dir={data}"])),
+    runs = {
+        "smoke": tiny_run(made),
+        "one task": tiny_run(made, "task=demo/restaurants"),
+        "wider": tiny_run(made, "encoder.config_overrides.hidden_size=64"),
+        "own data": tiny_run(made, f"task.restaurants.data_dir={data}"),
     }
-    return {name: Path(r["run_dir"]) for name, r in made.items()}
+    return {name: Path(r["run_dir"]) for name, r in runs.items()}
 
 
 def stopped(run: Path) -> Path:
@@ -248,17 +256,45 @@ SAME_DAMAGE = {
 }
 
 
-@pytest.mark.parametrize("case", list(RUN_CASES))
-def test_bad_run_directory_or_checkpoint(case: str, runs: dict[str, Path], tmp_path: Path) -> None:
+def check_bad_run(run_cli, case: str, runs: dict[str, Path], tmp_path: Path) -> None:
+    """`run_cli` is the `mtl` fixture or `run_mtl`."""
     command, message = RUN_CASES[case]
     run = make_run(SAME_DAMAGE.get(case, case), runs, tmp_path)
     before = tree_digest(tmp_path / "runs") if run.exists() else None
     made = tree_digest(runs["smoke"].parents[1])
     if command[0] == "eval":
-        proc = run_mtl("eval", str(run), *command[1:], cwd=tmp_path)
+        proc = run_cli("eval", str(run), *command[1:], cwd=tmp_path)
     else:
-        proc = run_mtl("train", f"resume={run}", *command[1:], cwd=tmp_path)
+        proc = run_cli("train", f"resume={run}", *command[1:], cwd=tmp_path)
     assert_one_line_error(proc, message)
     if before is not None:
         assert tree_digest(tmp_path / "runs") == before
     assert tree_digest(runs["smoke"].parents[1]) == made
+
+
+@pytest.mark.parametrize("case", list(RUN_CASES))
+def test_bad_run_directory_or_checkpoint(mtl, case: str, runs: dict[str, Path], tmp_path: Path) -> None:
+    check_bad_run(mtl, case, runs, tmp_path)
+
+
+# --- the real CLI, end to end: a fresh interpreter, exit code, one line on stderr, no traceback --
+
+# One of each kind: rejected while composing the overrides, by the data check inside Hydra's
+# `@hydra.main`, by `mtl eval`, by `mtl train resume=`.
+REAL_CLI_TRAIN = ["misspelt key", "label outside the label set"]
+REAL_CLI_RUN = ["truncated checkpoint", "resume: data changed"]
+
+
+@pytest.mark.parametrize("case", REAL_CLI_TRAIN)
+def test_bad_train_input_through_the_real_cli(workdir: Path, case: str) -> None:
+    check_bad_train_input(run_mtl, workdir, case)
+
+
+@pytest.mark.parametrize("case", REAL_CLI_RUN)
+def test_bad_run_directory_through_the_real_cli(case: str, runs: dict[str, Path], tmp_path: Path) -> None:
+    check_bad_run(run_mtl, case, runs, tmp_path)
+
+
+def test_unknown_command_through_the_real_cli(tmp_path: Path) -> None:
+    proc = run_mtl("trian", cwd=tmp_path)
+    assert_one_line_error(proc, "unknown command 'trian'")

@@ -12,14 +12,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mtl_cli.batches import TaskBatches, eval_batches
+from mtl_cli.batches import TaskBatches, eval_batches, pad_inputs
 from mtl_cli.compose import compose_config, compose_typed
 from mtl_cli.config import CONF_DIR, TaskConfig
 from mtl_cli.encoders import encoder_from_checkpoint, load_encoder
 from mtl_cli.model import build_model
 from mtl_cli.checkpoints import load_weights, save_checkpoint
 from mtl_cli.task_types import mlm
-from mtl_cli.tokenization import add_task_markers, marker_token, pad_inputs
+from mtl_cli.tokenization import add_task_markers, marker_token
 
 SHARED_FDU = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fdu-mtl"
 DOMAINS = ["books", "dvd", "electronics", "imdb", "kitchen_housewares", "magazines", "MR", "music", "software", "video"]

@@ -37,4 +37,3 @@ def get(name: str) -> ModuleType:
 
         raise MtlError(f"unknown loss weighting {name!r} (`loss_weighting=`); use one of {list(METHODS)}")
     return importlib.import_module(f"mtl_cli.loss_weighting.{name}")
-
