@@ -28,7 +28,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from mtl_cli.encoders import encoder_from_checkpoint, load_encoder, resolve_source
 from mtl_cli.errors import MtlError, first_line
+from mtl_cli.model import build_model
 from mtl_cli.rundir import RunDir, write_json
 
 REQUIRED = ("model.safetensors", "labels.json", "trainer_state.json")
@@ -63,8 +65,6 @@ def model_state(model: Any) -> dict:
 
 def base_reference(cfg: Any, model: Any) -> dict | None:
     """base_encoder.json: how to rebuild the frozen parameters a checkpoint leaves out (None: nothing is frozen)."""
-    from mtl_cli.encoders import resolve_source
-
     if all(p.requires_grad for p in model.parameters()):
         return None
     e = cfg.encoder
@@ -334,9 +334,6 @@ def rebuild_model(ckpt: Path, cfg: Any, labels: dict) -> tuple[Any, Any]:
     """The model a checkpoint was trained as, from the checkpoint alone (no Hub, no original weights),
     except a frozen base left out of it, which is rebuilt the way training built it."""
     import torch
-
-    from mtl_cli.encoders import encoder_from_checkpoint, load_encoder
-    from mtl_cli.model import build_model
 
     encoder, tokenizer = encoder_from_checkpoint(ckpt)
     base = None

@@ -28,6 +28,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
+from mtl_cli import task_types
 from mtl_cli.errors import MtlError
 from mtl_cli.rundir import RunDir, write_json
 from mtl_cli.tables import rows_to_markdown
@@ -120,8 +121,6 @@ def _validation_results(run: Path) -> dict | str:
 
 def main_metric(task_cfg: Any, metrics: dict) -> str | None:
     """The task type's MAIN_METRIC when the results have it, else the first metric listed."""
-    from mtl_cli import task_types
-
     try:
         name = task_types.get(task_cfg.get("type", "classification")).MAIN_METRIC
     except (MtlError, AttributeError):

@@ -17,6 +17,7 @@ from typing import Any
 
 from mtl_cli import task_types
 from mtl_cli.config import SPLITS, MtlConfig, TaskConfig
+from mtl_cli.conll import load_conll
 from mtl_cli.errors import MtlError, first_line
 from mtl_cli.fingerprints import fingerprint
 from mtl_cli.hub import hub_offline_mode, hub_reachable
@@ -105,8 +106,6 @@ def _load_local(name: str, cfg: TaskConfig, data_root: str | None):
             )
         files[split] = str(path.resolve())
     if cfg.format == "conll":
-        from mtl_cli.conll import load_conll
-
         return load_conll(name, files, encoding=cfg.encoding)
     kwargs: dict[str, Any] = {}
     if cfg.format in ("csv", "tsv", "text"):

@@ -27,6 +27,7 @@ from mtl_cli.config import MtlConfig, task_names_label
 from mtl_cli.errors import MtlError
 from mtl_cli.rundir import RunDir, read_jsonl, write_json, write_text
 from mtl_cli.tables import rows_to_csv, rows_to_markdown
+from mtl_cli.train import train
 
 ALPHA = 0.05  # Welch's t-test level for calling a difference significant
 
@@ -72,8 +73,6 @@ def main_metric(cfg: MtlConfig, task: str) -> str:
 
 def run_transfer(cfg: MtlConfig, seeds: list[int], overrides: list[str] | None = None) -> dict:
     """Train (or reuse) every run of the study and write the report; returns the report dict."""
-    from mtl_cli.train import train
-
     runs_root = Path(cfg.runs_root)
     now = datetime.now()
     out = runs_root / "transfer" / now.strftime("%Y-%m-%d") / f"{now.strftime('%H-%M-%S')}_{task_names_label(cfg.task)}"

@@ -28,12 +28,12 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from mtl_cli.errors import MtlError
+
 METHODS = ("equal", "static", "uncertainty", "dwa", "gradnorm", "pcgrad", "cagrad")
 
 
 def get(name: str) -> ModuleType:
     if name not in METHODS:
-        from mtl_cli.errors import MtlError
-
         raise MtlError(f"unknown loss weighting {name!r} (`loss_weighting=`); use one of {list(METHODS)}")
     return importlib.import_module(f"mtl_cli.loss_weighting.{name}")

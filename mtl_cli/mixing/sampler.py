@@ -10,6 +10,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from mtl_cli.config import MixingConfig
+from mtl_cli.early_stopping import renormalise
 from mtl_cli.errors import MtlError
 
 # What a strategy module exposes for a random strategy: the expected share of batches per task.
@@ -59,8 +60,6 @@ class RandomSampler:
 
     def set_active(self, active: list[str]) -> None:
         """Stop drawing tasks that stopped early; the others keep their relative shares."""
-        from mtl_cli.early_stopping import renormalise
-
         self._use(renormalise(self._configured, active))
 
     def next_task(self) -> str:

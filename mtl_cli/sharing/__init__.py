@@ -26,12 +26,12 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from mtl_cli.errors import MtlError
+
 SCHEMES = ("hard", "partial", "adapters", "mmoe")
 
 
 def get(name: str) -> ModuleType:
     if name not in SCHEMES:
-        from mtl_cli.errors import MtlError
-
         raise MtlError(f"unknown sharing scheme {name!r} (`sharing=`); use one of {list(SCHEMES)}")
     return importlib.import_module(f"mtl_cli.sharing.{name}")

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from mtl_cli.config import EncoderConfig, SharingConfig
+from mtl_cli.encoders import resolve_source
 from mtl_cli.errors import MtlError, first_line
 
 # True: the shared encoder is frozen unless sharing.train_encoder (gradient surgery then has
@@ -65,8 +66,6 @@ def base_reference(encoder_cfg: EncoderConfig, fingerprint: str | None = None) -
     (and the same `add_task_markers` call), or store the base's weights in the checkpoint. Pass the
     trunk's `base_fingerprint` so that `trunk.check_base(reference)` can verify the rebuilt base.
     """
-    from mtl_cli.encoders import resolve_source
-
     reference = {
         "name_or_path": encoder_cfg.name_or_path,
         "source": resolve_source(encoder_cfg),

@@ -24,12 +24,12 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from mtl_cli.errors import MtlError
+
 TASK_TYPES = ("classification", "regression", "multilabel", "token_classification", "mlm")
 
 
 def get(name: str) -> ModuleType:
     if name not in TASK_TYPES:
-        from mtl_cli.errors import MtlError
-
         raise MtlError(f"unknown task type {name!r}; use one of {list(TASK_TYPES)}")
     return importlib.import_module(f"mtl_cli.task_types.{name}")

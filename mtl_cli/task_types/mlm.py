@@ -24,6 +24,7 @@ from torch import nn
 from mtl_cli.batches import pad_inputs, pad_sequences
 from mtl_cli.config import TaskConfig
 from mtl_cli.errors import MtlError
+from mtl_cli.fingerprints import fingerprint
 from mtl_cli.tokenization import encode_texts
 
 MAIN_METRIC = "accuracy"
@@ -42,8 +43,6 @@ def columns(cfg: TaskConfig) -> dict[str, str]:
 def prepare(name: str, cfg: TaskConfig, raw: Any) -> tuple[Any, None]:
     """Drop empty (or whitespace-only) texts; MLM has no labels."""
     import datasets
-
-    from mtl_cli.fingerprints import fingerprint
 
     # The tokenized cache key (tokenization.tokenize_task) does not include mlm_probability, which
     # `encode` writes into every row; it enters the key here, through this step's fingerprint.

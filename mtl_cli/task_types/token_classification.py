@@ -20,6 +20,7 @@ from torch import nn
 from mtl_cli.batches import pad_inputs, pad_sequences
 from mtl_cli.config import TaskConfig
 from mtl_cli.errors import MtlError
+from mtl_cli.fingerprints import fingerprint
 from mtl_cli.labels import raw_to_name
 from mtl_cli.tokenization import insert_marker
 
@@ -98,8 +99,6 @@ def _label_names(name: str, cfg: TaskConfig, raw: Any) -> list[str]:
 def prepare(name: str, cfg: TaskConfig, raw: Any) -> tuple[Any, list[str]]:
     """`tags` (names, or ints with ClassLabel names) -> tag ids; returns the tag names in id order."""
     import datasets
-
-    from mtl_cli.fingerprints import fingerprint
 
     labels = _label_names(name, cfg, raw)
     ids = {label: i for i, label in enumerate(labels)}
