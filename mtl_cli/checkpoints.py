@@ -251,10 +251,11 @@ def find_checkpoint(run: RunDir, which: str) -> Path:
     assert first is not None
     if first[1] == "it does not exist":
         names = sorted(p.name for p in run.checkpoints.glob("*") if not p.name.startswith("."))
-        known = f" (it has: {', '.join(names)})" if names else ""
+        if names:
+            raise MtlError(f"{run} has no '{checkpoint_name(which)}' checkpoint; it has: {', '.join(names)}")
         raise MtlError(
-            f"{run} has no '{checkpoint_name(which)}' checkpoint{known}; the run may have stopped before its first "
-            f"evaluation: continue it with mtl train resume={run}, or train again"
+            f"{run} has no checkpoint yet; the run may have stopped before its first evaluation: "
+            f"continue it with mtl train resume={run}, or train again"
         )
     raise MtlError(f"{first[0]} is damaged: {first[1]}; no earlier intact '{which}' checkpoint to fall back to")
 

@@ -225,7 +225,7 @@ RUN_CASES = {
     # case: (command after the run dir, expected message)
     "no run directory": (["eval"], "run directory not found"),
     "not a run directory": (["eval"], "is not an mtl run directory (no config.yaml)"),
-    "half-written run": (["eval"], "has no 'best' checkpoint; the run may have stopped before its first evaluation"),
+    "half-written run": (["eval"], "has no checkpoint yet; the run may have stopped before its first evaluation"),
     "config.yaml cut short": (["eval"], "config.yaml is unreadable"),
     "config.yaml empty": (["eval"], "config.yaml is empty"),
     "missing checkpoint": (["eval"], "has no 'best' checkpoint"),
