@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 
 from mtl_cli.batches import TaskBatches, eval_batches, pad_inputs
+from mtl_cli.checkpoints import load_weights, save_checkpoint
 from mtl_cli.compose import compose_config, compose_typed
 from mtl_cli.config import CONF_DIR, TaskConfig
 from mtl_cli.encoders import encoder_from_checkpoint, load_encoder
 from mtl_cli.model import build_model
-from mtl_cli.checkpoints import load_weights, save_checkpoint
 from mtl_cli.task_types import mlm
 from mtl_cli.tokenization import add_task_markers, marker_token
 

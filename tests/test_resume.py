@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
+from mtl_cli.checkpoints import checkpoint_problem, find_checkpoint
 from mtl_cli.compose import compose_config
 from mtl_cli.errors import MtlError
 from mtl_cli.interrupts import StopRequest
 from mtl_cli.rundir import RunDir
-from mtl_cli.checkpoints import checkpoint_problem, find_checkpoint
 from tests.conftest import run_dirs, run_mtl, write
 
 # Long enough that a kill after the first checkpoint (step 100) lands mid-run; early stopping,

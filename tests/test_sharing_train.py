@@ -110,8 +110,8 @@ def test_gradient_surgery_needs_a_trainable_shared_encoder() -> None:
 
 def test_eval_refuses_an_adapter_run_whose_base_cannot_be_rebuilt(tmp_path: Path) -> None:
     """A random-init base is rebuilt from the training seed: a changed seed must be caught, not scored."""
-    from mtl_cli.errors import MtlError
     from mtl_cli.checkpoints import write_manifest
+    from mtl_cli.errors import MtlError
 
     run = tiny_run(tmp_path, "sharing=adapters", "sharing.lora_r=4")
     base = run / "checkpoints" / "best" / "base_encoder.json"

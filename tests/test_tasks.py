@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import pyarrow as pa
@@ -11,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from omegaconf import OmegaConf
 
-from mtl_cli.config import CONF_DIR, TaskConfig
+from mtl_cli.config import CONF_DIR, DataFormat, TaskConfig
 from mtl_cli.errors import MtlError
 from mtl_cli.tasks import load_task
 from tests.conftest import write
@@ -32,7 +33,7 @@ TRICKY_TRAIN = [
 ]
 
 
-def tsv(rows: list[tuple[str, object]]) -> str:
+def tsv(rows: Sequence[tuple[str, object]]) -> str:
     return "".join(f"{text}\t{label}\n" for text, label in rows)
 
 
@@ -74,7 +75,9 @@ def load_error(name: str, cfg: TaskConfig, data_root: str | None) -> str:
 def yaml_task_cfg(relative: str) -> TaskConfig:
     # The `# @package` line is a YAML comment; the file body holds TaskConfig's fields directly.
     body = OmegaConf.load(CONF_DIR / "task" / relative)
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TaskConfig), body))
+    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TaskConfig), body))
+    assert isinstance(cfg, TaskConfig)
+    return cfg
 
 
 # --- 1, 2: TSV without header, quoting ---------------------------------------------------------------------------
@@ -159,7 +162,7 @@ def test_jsonl_files_with_label_map_and_inferred_labels(tmp_path: Path):
     write(tmp_path / "test.jsonl", jsonl([("test a", 1)]))
     cfg = TaskConfig(
         files={"train": "train.jsonl", "validation": "dev.jsonl", "test": "test.jsonl"},
-        format="jsonl",
+        format=DataFormat.jsonl,
         text_column="sentence",
         label_column="sentiment",
         label_map={"0": "neg", "1": "pos"},
@@ -184,7 +187,7 @@ def test_parquet_files_are_read_and_labels_encoded(tmp_path: Path):
     parquet(tmp_path / "test.parquet", [("t", "b")])
     cfg = TaskConfig(
         files={split: f"{split}.parquet" for split in SPLITS},
-        format="parquet",
+        format=DataFormat.parquet,
     )
     task = load_task("p", cfg, str(tmp_path))
 
@@ -450,7 +453,7 @@ def test_non_utf8_csv_with_header_is_reported_as_an_encoding_problem(tmp_path: P
 def test_non_utf8_jsonl_is_reported_as_an_encoding_problem(tmp_path: Path):
     rows = "".join(json.dumps({"text": f"r{i}", "label": i % 2}) + "\n" for i in range(10)).encode()
     write(tmp_path / "train.jsonl", rows + b'{"text": "' + NOT_UTF8 + b'", "label": 1}\n')
-    message = load_error("enc", TaskConfig(files={"train": "train.jsonl"}, format="jsonl"), str(tmp_path))
+    message = load_error("enc", TaskConfig(files={"train": "train.jsonl"}, format=DataFormat.jsonl), str(tmp_path))
     assert "not valid UTF-8" in message and "iconv" in message
 
 
