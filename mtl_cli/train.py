@@ -51,7 +51,7 @@ from mtl_cli.evaluate import Evaluation, Evaluator, final_results, write_interru
 from mtl_cli.fingerprints import data_fingerprint
 from mtl_cli.interrupts import StopRequest
 from mtl_cli.logs import progress_bar, setup_logging
-from mtl_cli.mixing import build_sampler
+from mtl_cli.mixing import TaskSampler, build_sampler
 from mtl_cli.model import MultiTaskModel, build_model
 from mtl_cli.optim import build_optimizer
 from mtl_cli.rundir import RunDir, append_jsonl, claim_run_dir, load_run_config, new_run_dir, trim_jsonl, write_json
@@ -75,7 +75,7 @@ class Setup:
     encoder: Any
     tokenizer: Any
     data: dict[str, dict[str, dict[str, list]]]  # split -> task -> columns
-    sampler: Any  # a mixing sampler (mixing/sampler.py: TaskSampler, and set_active)
+    sampler: TaskSampler
     weighting: Any
     steps_per_epoch: int
     total_steps: int
@@ -95,7 +95,7 @@ class Parts:
     types: dict[str, Any]  # task -> its task-type module
     optimizer: Any
     scheduler: Any
-    sampler: Any
+    sampler: TaskSampler
     batches: dict[str, TaskBatches]
     data: dict[str, dict[str, dict[str, list]]]
     weighting: Any

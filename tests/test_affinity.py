@@ -37,7 +37,7 @@ class Toy(nn.Module):
         self.heads = nn.ModuleDict({t: nn.Linear(hidden, 1, bias=False) for t in tasks})
         with torch.no_grad():
             for h in self.heads.values():
-                h.weight.copy_(head)
+                h.weight.copy_(head)  # type: ignore[operator]  # torch stubs: Module.__getattr__ is Tensor | Module
         self.double()
         self.modes: list[bool] = []
         self._counts: dict[str, int] = {}  # forward-side statistics, as MMoE's gate counts
@@ -84,7 +84,9 @@ def grads_by_hand(model: Toy, batches: dict) -> torch.Tensor:
     for task, batch in batches.items():
         model.zero_grad(set_to_none=True)
         mse(model(task, batch), batch).backward()
-        rows.append(model.shared.weight.grad.reshape(-1).clone())
+        grad = model.shared.weight.grad
+        assert grad is not None
+        rows.append(grad.reshape(-1).clone())
     model.zero_grad(set_to_none=True)
     return torch.stack(rows)
 
@@ -130,7 +132,8 @@ def test_training_state_is_untouched():
     model.eval()  # put back as found; the measurement itself runs in train mode
     params = {n: p.detach().clone() for n, p in model.named_parameters()}
     model.shared.weight.grad = torch.randn_like(model.shared.weight)
-    model.heads["a"].weight.grad = torch.randn_like(model.heads["a"].weight)
+    # torch's stubs type Module.__getattr__ as Tensor | Module; this head's weight is a Tensor.
+    model.heads["a"].weight.grad = torch.randn_like(model.heads["a"].weight)  # type: ignore[arg-type]
     grads = {n: p.grad for n, p in model.named_parameters()}
     values = {n: None if g is None else g.clone() for n, g in grads.items()}
     rng = torch.get_rng_state()
@@ -142,8 +145,9 @@ def test_training_state_is_untouched():
     for n, p in model.named_parameters():
         assert torch.equal(p, params[n]), n
         assert p.grad is grads[n], n  # same object (None stays None)
-        if values[n] is not None:
-            assert torch.equal(p.grad, values[n]), n
+        value = values[n]
+        if value is not None:
+            assert p.grad is not None and torch.equal(p.grad, value), n
 
 
 def test_dropout_masks_are_fixed_by_the_seed():
@@ -264,15 +268,19 @@ def test_recorder_jsonl_summary_and_plot(tmp_path):
     assert len(lines) == 4
     assert lines[0] == {"step": 50, "kind": "cosine", "tasks": tasks, "matrix": [[1.0, 0.2], [0.2, 1.0]]}
     assert lines[3]["matrix"] == [[0.01, None], [-0.02, 0.03]]
-    names, mean = rec.summary()
+    summary = rec.summary()
+    assert summary is not None
+    names, mean = summary
     assert names == tasks and sum(mean, []) == pytest.approx([1.0, 0.4, 0.4, 1.0])
-    _, la = rec.summary("lookahead")
+    lookahead = rec.summary("lookahead")
+    assert lookahead is not None
+    _, la = lookahead
     assert math.isnan(la[0][1]) and la[1][0] == -0.02
     path = rec.plot()
     assert path == tmp_path / "run" / "affinity.png"
-    assert path.read_bytes()[:4] == b"\x89PNG"
+    assert path is not None and path.read_bytes()[:4] == b"\x89PNG"
     other = rec.plot(tmp_path / "elsewhere" / "x.png")
-    assert other.read_bytes()[:4] == b"\x89PNG"
+    assert other is not None and other.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="2x2"):
         rec.record(150, tasks, [[1.0]])
 
@@ -285,10 +293,14 @@ def test_recorder_takes_measure_affinity_output(tmp_path):
             model, batches, losses, model.shared_parameters(), lookahead_lr=0.05
         ).items():
             rec.record(step, tasks, matrix, kind)
-    tasks, mean = rec.summary()
+    summary = rec.summary()
+    assert summary is not None
+    tasks, mean = summary
     assert tasks == ["a", "same", "neg", "other"] and mean[0][2] == pytest.approx(-1.0)
-    assert rec.summary("lookahead")[1][0][2] < 0
-    assert rec.plot().read_bytes()[:4] == b"\x89PNG"
+    lookahead = rec.summary("lookahead")
+    assert lookahead is not None and lookahead[1][0][2] < 0
+    plot = rec.plot()
+    assert plot is not None and plot.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_affinity_is_recorded_during_a_real_run_without_changing_training(tmp_path) -> None:

@@ -69,7 +69,10 @@ def repeated_defaults(schema: type, path: Path) -> list[str]:
     """Keys of the YAML at `path` set to the value `schema` already defaults them to."""
     defaults = OmegaConf.to_container(OmegaConf.structured(schema), enum_to_str=True)
     chosen = OmegaConf.to_container(OmegaConf.load(path))
-    return [key for key, value in chosen.items() if key in defaults and key != "defaults" and value == defaults[key]]
+    assert isinstance(defaults, dict) and isinstance(chosen, dict)
+    return [
+        str(key) for key, value in chosen.items() if key in defaults and key != "defaults" and value == defaults[key]
+    ]
 
 
 @pytest.mark.parametrize(("group", "option"), [(g, o) for g in SCHEMAS for o in known_options(g)])

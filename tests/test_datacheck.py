@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mtl_cli.compose import compose_typed
-from mtl_cli.config import EncoderConfig, MtlConfig, TaskConfig
+from mtl_cli.config import DataFormat, EncoderConfig, MtlConfig, TaskConfig
 from mtl_cli.datacheck import check_tasks, print_report, report_markdown, report_warnings, run_data_check
 from mtl_cli.tasks import load_task
 
@@ -40,7 +40,7 @@ def clean(prefix: str, n: int) -> list[tuple[str, str]]:
 def task_cfg(files: dict[str, str], labels: list[str]) -> TaskConfig:
     return TaskConfig(
         files=files,
-        format="tsv",
+        format=DataFormat.tsv,
         header=False,
         quoting=False,
         column_names=["text", "label"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -190,7 +191,7 @@ def test_renormalise_nothing_left() -> None:
 def write_metrics(path: Path, drop_field: str | None = None) -> Path:
     records = []
     for i, step in enumerate([10, 20, 30, 40]):
-        a = {"step": step, "split": "validation", "task": "a", "accuracy": [0.5, 0.6, 0.6, 0.55][i],
+        a: dict[str, Any] = {"step": step, "split": "validation", "task": "a", "accuracy": [0.5, 0.6, 0.6, 0.55][i],
              "loss": 0.7, "train_loss": 1.0 - 0.1 * i, "examples_seen": 8 * step, "epochs": step / 40, "weight": 1.0}  # fmt: skip
         if step >= 30:
             a["stopped"] = True

@@ -201,10 +201,11 @@ def test_task_gradients_are_each_tasks_own_gradient():
         flat = torch.cat([g.reshape(-1) for g in expected[task][: len(shared)]])
         assert torch.allclose(grads[row], flat)
         for p, g in zip(model.heads[task].parameters(), expected[task][len(shared) :], strict=True):
-            assert torch.allclose(p.grad, g)
+            assert p.grad is not None and torch.allclose(p.grad, g)
     assert all(p.grad is None for p in shared)
 
     write_gradient(shared, grads.sum(0))
+    assert model.shared.weight.grad is not None and model.shared.bias.grad is not None
     assert torch.allclose(model.shared.weight.grad, expected["a"][0] + expected["b"][0])
     assert torch.allclose(model.shared.bias.grad, expected["a"][1] + expected["b"][1])
 
@@ -235,7 +236,7 @@ def test_pcgrad_backward_writes_the_projected_sum():
     method = pcgrad_method.build(LossWeightingConfig(name="pcgrad"), ["t0", "t1"], 10)
     assert method.needs_all_tasks and method.parameters() == []
     method.backward(linear_losses(theta, (1.0, 0.0), (-1.0, 1.0)), [theta])
-    assert torch.allclose(theta.grad, torch.tensor([0.5, 1.5]))
+    assert theta.grad is not None and torch.allclose(theta.grad, torch.tensor([0.5, 1.5]))
     assert method.weights() == {"t0": 1.0, "t1": 1.0}
 
 
@@ -243,7 +244,7 @@ def test_cagrad_backward_writes_the_update_and_reports_weights():
     theta = nn.Parameter(torch.zeros(2))
     method = cagrad_method.build(LossWeightingConfig(name="cagrad", c=0.5), ["t0", "t1"], 10)
     method.backward(linear_losses(theta, (1.0, 0.0), (0.0, 1.0)), [theta])
-    assert torch.allclose(theta.grad, torch.tensor([0.6, 0.6]), atol=1e-6)
+    assert theta.grad is not None and torch.allclose(theta.grad, torch.tensor([0.6, 0.6]), atol=1e-6)
     assert method.weights() == pytest.approx({"t0": 1.0, "t1": 1.0}, abs=1e-5)
 
     # g1 is the task the mean serves worst here (g0.g1 = 0), so the dual weight goes to it: w* = (1, 0).
@@ -257,15 +258,18 @@ def test_backward_on_the_toy_model(name):
     model = Toy()
     shared = list(model.shared.parameters())
     ref_grads, _ = task_gradients(model.losses(), shared)
-    heads_grad = model.heads["b"].weight.grad.clone()
+    head_b = model.heads["b"]
+    assert isinstance(head_b, nn.Linear) and head_b.weight.grad is not None
+    heads_grad = head_b.weight.grad.clone()
     model.zero_grad(set_to_none=True)
 
     method = get(name).build(LossWeightingConfig(name=name, c=0.4), ["a", "b"], 10)
     method.backward(model.losses(), shared)
     expected = pcgrad(ref_grads, gen()) if name == "pcgrad" else cagrad(ref_grads, 0.4)
+    assert model.shared.weight.grad is not None and model.shared.bias.grad is not None
     assert torch.allclose(model.shared.weight.grad, expected[:12].reshape(3, 4))
     assert torch.allclose(model.shared.bias.grad, expected[12:])
-    assert torch.allclose(model.heads["b"].weight.grad, heads_grad)
+    assert head_b.weight.grad is not None and torch.allclose(head_b.weight.grad, heads_grad)
 
 
 def test_pcgrad_state_dict_restores_the_shuffle():

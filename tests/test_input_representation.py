@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mtl_cli.compose import compose_config, compose_typed
-from mtl_cli.config import TaskConfig
+from mtl_cli.config import TaskConfig, TaskMarker, Truncation
 from mtl_cli.encoders import load_encoder
 from mtl_cli.tokenization import add_task_markers, encode_texts, marker_token, truncate
 
@@ -30,7 +30,7 @@ def tiny():
     ],
 )
 def test_truncate_keeps_the_configured_part(side: str, head_tokens: int | None, expected: list[int]) -> None:
-    cfg = TaskConfig(truncation=side, head_tokens=head_tokens)
+    cfg = TaskConfig(truncation=Truncation(side), head_tokens=head_tokens)
     assert truncate(list(range(20)), 6, cfg) == expected
     assert truncate([1, 2, 3], 6, cfg) == [1, 2, 3]
 
@@ -41,7 +41,7 @@ def test_encode_texts_truncates_inside_the_special_tokens(tiny) -> None:
     text = " ".join(words)
     pieces = tok(text, add_special_tokens=False)["input_ids"]
     for side, keep in (("head", pieces[:14]), ("tail", pieces[-14:]), ("head+tail", pieces[:4] + pieces[-10:])):
-        cfg = TaskConfig(max_length=16, truncation=side, head_tokens=4 if side == "head+tail" else None)
+        cfg = TaskConfig(max_length=16, truncation=Truncation(side), head_tokens=4 if side == "head+tail" else None)
         (ids,) = encode_texts(tok, [text], None, cfg)["input_ids"]
         assert ids == [tok.cls_token_id, *keep, tok.sep_token_id]
 
@@ -117,7 +117,7 @@ def test_task_embedding_changes_only_its_task() -> None:
 
     torch.manual_seed(0)
     encoder, tok = load_encoder(compose_typed(["encoder=tiny"]).encoder)
-    cfgs = {"a": TaskConfig(task_marker="embedding"), "b": TaskConfig()}
+    cfgs = {"a": TaskConfig(task_marker=TaskMarker.embedding), "b": TaskConfig()}
     model = build_model(encoder, cfgs, {"a": ["x", "y"], "b": ["x", "y"]}, compose_typed().sharing).eval()
     batch = {"input_ids": torch.tensor([[101, 2000, 102]]), "attention_mask": torch.ones(1, 3, dtype=torch.long)}
     a0, b0 = model("a", batch), model("b", batch)

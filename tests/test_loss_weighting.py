@@ -76,6 +76,7 @@ def test_static_uses_the_given_weights_and_one_for_the_rest() -> None:
     losses = {"a": scalar(0.7), "c": scalar(1.3)}
     total = method.backward(losses, [])
     assert float(total) == pytest.approx(2.5 * 0.7 + 1.0 * 1.3)
+    assert losses["a"].grad is not None and losses["c"].grad is not None
     assert float(losses["a"].grad) == 2.5 and float(losses["c"].grad) == 1.0
 
 
@@ -110,7 +111,8 @@ def test_uncertainty_loss_and_log_variance_gradients_follow_kendall() -> None:
     assert float(total) == pytest.approx(sum(math.exp(-s[t]) * values[t] + s[t] for t in TASKS))
     for p, task in zip(method.parameters(), TASKS, strict=True):
         assert float(p.grad) == pytest.approx(1 - math.exp(-s[task]) * values[task])
-        assert float(losses[task].grad) == pytest.approx(math.exp(-s[task]))
+        loss_grad = losses[task].grad
+        assert loss_grad is not None and float(loss_grad) == pytest.approx(math.exp(-s[task]))
 
 
 def test_uncertainty_with_one_task_per_step_touches_only_that_tasks_log_variance() -> None:
@@ -187,7 +189,7 @@ def test_dwa_weights_follow_liu_et_al_on_scripted_losses() -> None:
             loss = scalar(value)
             method.backward({task: loss}, [])
             # The weight in force during the epoch is the one applied to the loss.
-            assert float(loss.grad) == pytest.approx(expected[task])
+            assert loss.grad is not None and float(loss.grad) == pytest.approx(expected[task])
         assert sum(method.weights().values()) == pytest.approx(len(TASKS))
     assert method.weights() == pytest.approx(dwa_formula(AVERAGES[3], AVERAGES[4], 2.0))
 
@@ -227,7 +229,9 @@ def gradnorm_reference(model: Toy, w: list[float], initial: list[float], alpha: 
     the method: returns the losses, dL_grad/dw and G_i - stopgrad(G_bar * r_i^alpha)."""
     weights = torch.tensor(w, requires_grad=True)
     losses = model.losses(GRADNORM_TASKS, scale)
-    W = model.shared[-1].weight
+    last = model.shared[-1]
+    assert isinstance(last, nn.Linear)
+    W = last.weight
     norms = torch.stack(
         [
             torch.autograd.grad(weights[i] * losses[t], W, retain_graph=True, create_graph=True)[0].norm()
@@ -260,7 +264,7 @@ def test_gradnorm_first_step_moves_weights_against_gradient_norm_gaps_and_renorm
     _, dw, gap_at_l0 = gradnorm_reference(model, [1.0, 1.0, 1.0], values, 1.5, 1.0)
     assert torch.equal(torch.sign(dw), torch.sign(gap_at_l0))
     losses = model.losses(GRADNORM_TASKS)
-    expected_model_grads = expected_grads(model, sum(losses.values()))
+    expected_model_grads = expected_grads(model, torch.stack(list(losses.values())).sum())
     model.zero_grad()
     method.backward(model.losses(GRADNORM_TASKS), model.shared_parameters())
 
@@ -291,7 +295,8 @@ def test_gradnorm_uses_loss_ratios_to_the_first_steps_losses() -> None:
     assert len({round(r, 6) for r in relative}) == 3
 
     losses = model.losses(GRADNORM_TASKS, 1.5)
-    expected_model_grads = expected_grads(model, sum(wi * losses[t] for wi, t in zip(w, GRADNORM_TASKS, strict=True)))
+    objective = torch.stack([wi * losses[t] for wi, t in zip(w, GRADNORM_TASKS, strict=True)]).sum()
+    expected_model_grads = expected_grads(model, objective)
     model.zero_grad()
     total = method.backward(model.losses(GRADNORM_TASKS, 1.5), model.shared_parameters())
 

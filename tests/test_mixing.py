@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from mtl_cli.config import CONF_DIR, MixingConfig
 from mtl_cli.errors import MtlError
-from mtl_cli.mixing import STRATEGIES, build_sampler, check_config
+from mtl_cli.mixing import STRATEGIES, RandomSampler, RoundRobinSampler, build_sampler, check_config
 
 SIZES = {"a": 100, "b": 400}
 DRAWS = 20_000
@@ -168,6 +168,7 @@ def test_every_strategy_has_a_config_file_and_vice_versa() -> None:
         assert conf.name == stem
         # Each file must merge cleanly onto the schema (no misspelt keys).
         merged = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(MixingConfig), conf))
+        assert isinstance(merged, MixingConfig)
         if stem == "weights":
             merged.weights = {"yelp": 0.3, "imdb": 0.7}
         check_config(merged, ["yelp", "imdb"])
@@ -175,10 +176,12 @@ def test_every_strategy_has_a_config_file_and_vice_versa() -> None:
 
 def test_set_active_stops_drawing_stopped_tasks() -> None:
     sampler = build_sampler(MixingConfig(name="proportional"), {"a": 100, "b": 300, "c": 600}, seed=0)
+    assert isinstance(sampler, RandomSampler)  # TaskSampler (the Protocol) does not declare set_active
     sampler.set_active(["a", "c"])
     assert sampler.probabilities == pytest.approx({"a": 100 / 700, "b": 0.0, "c": 600 / 700})
     assert "b" not in draw(sampler, 2000)
     robin = build_sampler(MixingConfig(name="round_robin"), {"a": 1, "b": 1, "c": 1}, seed=0)
+    assert isinstance(robin, RoundRobinSampler)
     robin.set_active(["a", "c"])
     assert draw(robin, 4) == ["a", "c", "a", "c"]
 

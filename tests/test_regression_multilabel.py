@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from mtl_cli import task_types
 from mtl_cli.compose import compose_config, compose_typed
-from mtl_cli.config import SharingConfig, TaskConfig
+from mtl_cli.config import DataFormat, SharingConfig, TaskConfig
 from mtl_cli.errors import MtlError
 from mtl_cli.tasks import load_task
 from mtl_cli.tokenization import tokenize_task, tokenizer_fingerprint
@@ -69,7 +69,7 @@ def test_type_constants() -> None:
 
 def test_regression_tsv_labels_become_float32(tmp_path: Path) -> None:
     files = same_files(tmp_path, "stars.tsv", tsv("text\tlabel", STARS))
-    task = load_task("stars", TaskConfig(type="regression", files=files, format="tsv"), str(tmp_path))
+    task = load_task("stars", TaskConfig(type="regression", files=files, format=DataFormat.tsv), str(tmp_path))
     assert task.labels is None
     for split in SPLITS:
         ds = task.splits[split]
@@ -84,7 +84,7 @@ def test_regression_jsonl_pair_and_renamed_columns(tmp_path: Path) -> None:
     cfg = TaskConfig(
         type="regression",
         files={"train": "sts.jsonl"},
-        format="jsonl",
+        format=DataFormat.jsonl,
         text_column="a",
         text_pair_column="b",
         label_column="score",
@@ -100,14 +100,14 @@ def test_regression_jsonl_pair_and_renamed_columns(tmp_path: Path) -> None:
 
 def test_regression_label_map_turns_words_into_numbers(tmp_path: Path) -> None:
     files = same_files(tmp_path, "s.tsv", tsv("text\tlabel", [("a", "five"), ("b", "one"), ("c", 3)]))
-    cfg = TaskConfig(type="regression", files=files, format="tsv", label_map={"five": "5", "one": "1"})
+    cfg = TaskConfig(type="regression", files=files, format=DataFormat.tsv, label_map={"five": "5", "one": "1"})
     task = load_task("stars", cfg, str(tmp_path))
     assert list(task.splits["train"]["label"]) == [5.0, 1.0, 3.0]
 
 
 def test_regression_non_numeric_label_names_value_split_and_row(tmp_path: Path) -> None:
     write(tmp_path / "train.tsv", tsv("text\tlabel", [("a", 1), ("b", 2), ("c", "five"), ("d", 4)]))
-    cfg = TaskConfig(type="regression", files={"train": "train.tsv"}, format="tsv")
+    cfg = TaskConfig(type="regression", files={"train": "train.tsv"}, format=DataFormat.tsv)
     with pytest.raises(MtlError) as excinfo:
         load_task("stars", cfg, str(tmp_path))
     msg = one_line_error(excinfo)
@@ -119,7 +119,7 @@ def test_regression_non_numeric_label_names_value_split_and_row(tmp_path: Path) 
 def test_regression_rejects_blank_and_non_finite_labels(tmp_path: Path, bad: str) -> None:
     files = same_files(tmp_path, "s.tsv", tsv("text\tlabel", [("a", 1), ("b", bad), ("c", 3)]))
     with pytest.raises(MtlError) as excinfo:
-        load_task("stars", TaskConfig(type="regression", files=files, format="tsv"), str(tmp_path))
+        load_task("stars", TaskConfig(type="regression", files=files, format=DataFormat.tsv), str(tmp_path))
     assert f"label '{bad}' (train row 2) is not a number" in one_line_error(excinfo)
 
 
@@ -141,7 +141,9 @@ def test_regression_integer_train_labels_and_fractional_validation_labels(tmp_pa
     write(tmp_path / "train.tsv", tsv("text\tlabel", [("a", 1), ("b", 2), ("c", 5)]))
     write(tmp_path / "dev.tsv", tsv("text\tlabel", [("a", 3.5), ("b", 2)]))
     cfg = TaskConfig(
-        type="regression", files={"train": "train.tsv", "validation": "dev.tsv", "test": "dev.tsv"}, format="tsv"
+        type="regression",
+        files={"train": "train.tsv", "validation": "dev.tsv", "test": "dev.tsv"},
+        format=DataFormat.tsv,
     )
     task = load_task("stars", cfg, str(tmp_path))
     assert list(task.splits["validation"]["label"]) == [3.5, 2.0]
@@ -150,7 +152,7 @@ def test_regression_integer_train_labels_and_fractional_validation_labels(tmp_pa
 def test_regression_constant_training_target_is_an_error(tmp_path: Path) -> None:
     files = same_files(tmp_path, "s.tsv", tsv("text\tlabel", [("a", 3), ("b", 3), ("c", 3)]))
     with pytest.raises(MtlError, match="every training label is 3.0"):
-        load_task("stars", TaskConfig(type="regression", files=files, format="tsv"), str(tmp_path))
+        load_task("stars", TaskConfig(type="regression", files=files, format=DataFormat.tsv), str(tmp_path))
 
 
 # --- regression: encode, collate, head, loss, predict, metrics ---------------------------------
@@ -158,7 +160,7 @@ def test_regression_constant_training_target_is_an_error(tmp_path: Path) -> None
 
 def test_regression_tokenize_and_collate(tmp_path: Path, tokenizer) -> None:
     files = same_files(tmp_path, "stars.tsv", tsv("text\tlabel", STARS))
-    task = load_task("stars", TaskConfig(type="regression", files=files, format="tsv"), str(tmp_path))
+    task = load_task("stars", TaskConfig(type="regression", files=files, format=DataFormat.tsv), str(tmp_path))
     encoded = tokenize_task(task, tokenizer, tokenizer_fingerprint(tokenizer))
     ds = encoded["train"]
     assert set(ds.column_names) == {"input_ids", "labels"}
@@ -174,7 +176,12 @@ def test_regression_pair_encoding_has_token_type_ids(tmp_path: Path, tokenizer) 
     rows = [{"a": f"first {i}", "b": f"and a second text {i}", "score": float(i)} for i in range(4)]
     files = same_files(tmp_path, "sts.jsonl", jsonl(rows))
     cfg = TaskConfig(
-        type="regression", files=files, format="jsonl", text_column="a", text_pair_column="b", label_column="score"
+        type="regression",
+        files=files,
+        format=DataFormat.jsonl,
+        text_column="a",
+        text_pair_column="b",
+        label_column="score",
     )
     task = load_task("sts", cfg, str(tmp_path))
     ds = tokenize_task(task, tokenizer, tokenizer_fingerprint(tokenizer))["test"]
@@ -232,7 +239,7 @@ TOPICS_TSV = [
 
 def test_multilabel_tsv_strings_become_multi_hot(tmp_path: Path) -> None:
     files = same_files(tmp_path, "topics.tsv", tsv("text\tlabel", TOPICS_TSV))
-    task = load_task("topics", TaskConfig(type="multilabel", files=files, format="tsv"), str(tmp_path))
+    task = load_task("topics", TaskConfig(type="multilabel", files=files, format=DataFormat.tsv), str(tmp_path))
     assert task.labels == ["politics", "sports", "tech"]
     ds = task.splits["validation"]
     assert ds.features["label"].feature.dtype == "float32"
@@ -249,7 +256,7 @@ def test_multilabel_jsonl_lists_label_map_and_fixed_label_order(tmp_path: Path) 
     cfg = TaskConfig(
         type="multilabel",
         files=files,
-        format="jsonl",
+        format=DataFormat.jsonl,
         label_column="tags",
         labels=["tech", "sports", "politics", "science"],
         label_map={"S": "sports", "P": "politics", "T": "tech"},
@@ -262,7 +269,7 @@ def test_multilabel_jsonl_lists_label_map_and_fixed_label_order(tmp_path: Path) 
 def test_multilabel_custom_separator_and_carved_splits(tmp_path: Path) -> None:
     rows = [(f"text {i}", ["a|b", "b", "c", "a | c"][i % 4]) for i in range(20)]
     write(tmp_path / "train.tsv", tsv("text\tlabel", rows))
-    cfg = TaskConfig(type="multilabel", files={"train": "train.tsv"}, format="tsv", label_separator="|")
+    cfg = TaskConfig(type="multilabel", files={"train": "train.tsv"}, format=DataFormat.tsv, label_separator="|")
     task = load_task("topics", cfg, str(tmp_path))
     assert task.labels == ["a", "b", "c"]
     assert task.sizes() == {"train": 16, "validation": 2, "test": 2}
@@ -273,7 +280,9 @@ def test_multilabel_unknown_label_names_label_split_and_row(tmp_path: Path) -> N
     write(tmp_path / "train.tsv", tsv("text\tlabel", TOPICS_TSV))
     write(tmp_path / "dev.tsv", tsv("text\tlabel", [("x", "tech"), ("y", "sports,weather")]))
     cfg = TaskConfig(
-        type="multilabel", files={"train": "train.tsv", "validation": "dev.tsv", "test": "train.tsv"}, format="tsv"
+        type="multilabel",
+        files={"train": "train.tsv", "validation": "dev.tsv", "test": "train.tsv"},
+        format=DataFormat.tsv,
     )
     with pytest.raises(MtlError) as excinfo:
         load_task("topics", cfg, str(tmp_path))
@@ -284,7 +293,7 @@ def test_multilabel_unknown_label_names_label_split_and_row(tmp_path: Path) -> N
 
 def test_multilabel_unknown_label_against_configured_labels(tmp_path: Path) -> None:
     files = same_files(tmp_path, "t.tsv", tsv("text\tlabel", TOPICS_TSV))
-    cfg = TaskConfig(type="multilabel", files=files, format="tsv", labels=["sports", "politics"])
+    cfg = TaskConfig(type="multilabel", files=files, format=DataFormat.tsv, labels=["sports", "politics"])
     with pytest.raises(MtlError, match=r"label 'tech' \(train row 3\)"):
         load_task("topics", cfg, str(tmp_path))
 
@@ -292,7 +301,7 @@ def test_multilabel_unknown_label_against_configured_labels(tmp_path: Path) -> N
 def test_multilabel_fewer_than_two_labels_is_an_error(tmp_path: Path) -> None:
     files = same_files(tmp_path, "t.tsv", tsv("text\tlabel", [("a", ""), ("b", "x"), ("c", "")]))
     with pytest.raises(MtlError, match="1 distinct label"):
-        load_task("topics", TaskConfig(type="multilabel", files=files, format="tsv"), str(tmp_path))
+        load_task("topics", TaskConfig(type="multilabel", files=files, format=DataFormat.tsv), str(tmp_path))
 
 
 # --- multi-label: encode, collate, head, loss, predict, metrics ---------------------------------
@@ -301,7 +310,7 @@ def test_multilabel_fewer_than_two_labels_is_an_error(tmp_path: Path) -> None:
 def test_multilabel_tokenize_and_collate_with_pairs(tmp_path: Path, tokenizer) -> None:
     rows = [{"q": f"question {i}", "d": "a document", "label": ["x", "y"][: i % 3]} for i in range(6)]
     files = same_files(tmp_path, "t.jsonl", jsonl(rows))
-    cfg = TaskConfig(type="multilabel", files=files, format="jsonl", text_column="q", text_pair_column="d")
+    cfg = TaskConfig(type="multilabel", files=files, format=DataFormat.jsonl, text_column="q", text_pair_column="d")
     task = load_task("topics", cfg, str(tmp_path))
     ds = tokenize_task(task, tokenizer, tokenizer_fingerprint(tokenizer))["train"]
     assert set(ds.column_names) == {"input_ids", "token_type_ids", "labels"}

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mtl_cli.compose import compose_config, compose_typed
-from mtl_cli.config import TaskConfig
+from mtl_cli.config import DataFormat, TaskConfig
 from mtl_cli.errors import MtlError
 from mtl_cli.task_types import token_classification as tc
 from mtl_cli.tasks import load_task
@@ -32,7 +32,7 @@ DEV = "Paris\tB-location\nis\tO\nnice\tO\n\nJohn\tB-person\nSmith\tI-person\n"
 
 
 def ner_cfg(files: dict[str, str], **overrides) -> TaskConfig:
-    return TaskConfig(type="token_classification", format="conll", files=files, **overrides)
+    return TaskConfig(type="token_classification", format=DataFormat.conll, files=files, **overrides)
 
 
 @pytest.fixture(scope="module")
@@ -338,6 +338,7 @@ def test_real_wnut17_files() -> None:
     task = load_task("wnut17", cfg.task["wnut17"], cfg.data_root)
     # dev.conll holds 1,009 sentences (as on the Hub); it ends with a line holding a lone byte-order mark.
     assert task.sizes() == {"train": 3394, "validation": 1009, "test": 1287}
+    assert task.labels is not None
     assert len(task.labels) == 13 and task.labels[0] == "O"
     assert set(task.labels) == {"O"} | {f"{p}-{t}" for t in WNUT_TYPES for p in "BI"}
     assert task.splits["train"][0]["tokens"][14:17] == ["Empire", "State", "Building"]

@@ -10,7 +10,7 @@ from enum import Enum
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 import mtl_cli.config
 from mtl_cli.cli import rewrite_overrides
@@ -52,6 +52,7 @@ def test_a_bad_choice_in_a_saved_config_names_the_key(override: str) -> None:
     """A YAML (say a run's config.yaml edited by hand) goes through to_typed, not Hydra."""
     key, allowed = CHOICES[override]
     raw = OmegaConf.create(OmegaConf.to_container(compose_config()))
+    assert isinstance(raw, DictConfig)
     OmegaConf.update(raw, key, override.partition("=")[2])
     with pytest.raises(MtlError) as info:
         to_typed(raw)
@@ -87,13 +88,16 @@ def test_typed_config_round_trips_through_yaml_and_json() -> None:
     cfg = to_typed(compose_config(rewrite_overrides(overrides)))
     text = OmegaConf.to_yaml(OmegaConf.structured(cfg))
     assert "precision: bf16\n" in text and "truncation: head+tail\n" in text and "Precision" not in text
-    again = to_typed(OmegaConf.create(text))
+    loaded = OmegaConf.create(text)
+    assert isinstance(loaded, DictConfig)
+    again = to_typed(loaded)
     assert again == cfg
     json.dumps(dataclasses.asdict(cfg.encoder))
     json.dumps(dataclasses.asdict(cfg.trainer))
     # transfer.cache_key hashes this string: with enums it must read as it did with plain strings.
     container = OmegaConf.to_container(OmegaConf.structured(cfg))
     plain = OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)
+    assert isinstance(container, dict) and isinstance(plain, dict)
     assert isinstance(container["trainer"]["precision"], Enum) and not isinstance(plain["trainer"]["precision"], Enum)
     assert json.dumps(container, sort_keys=True) == json.dumps(plain, sort_keys=True)
 
