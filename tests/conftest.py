@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from mtl_cli.cli import main as mtl_main  # light: the CLI imports heavy libraries per command
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MTL_SHARED_DATA", REPO.parent / "shared" / "data"))
 
@@ -24,14 +26,27 @@ needs_shared_data = pytest.mark.skipif(
 )
 
 # The tiny run every training test starts from: experiment=smoke (encoder=tiny, batch 8, lr 1e-3,
-# 8 steps evaluated at 4 and 8, the two packaged demo tasks) without the progress bar. A test adds
-# only what it is about (trainer.max_steps=..., task=..., a sharing scheme).
-TINY_RUN = ["experiment=smoke", "trainer.progress=false"]
+# 8 steps evaluated at 4 and 8, the two packaged demo tasks) without the progress bar, on one torch
+# thread. A test adds only what it is about (trainer.max_steps=..., task=..., a sharing scheme).
+# One thread: on a machine whose cores other work shares, the threads of a tiny model's small
+# operations wait on each other; measured here, 40 tiny steps took 0.45 s on 1 thread, 6-12 s on 2.
+TINY_RUN = ["experiment=smoke", "trainer.progress=false", "trainer.threads=1"]
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread() -> None:
+    """Tests that run a model directly (not through `train()`, which sets `trainer.threads`) use one
+    torch thread as well, for the reason above; set before every test, since a `train()` without
+    TINY_RUN leaves torch on one thread per core."""
+    import torch  # here, not at the top: collecting the config tests needs no torch
+
+    torch.set_num_threads(1)
 
 
 def tiny_run(runs_root: Path, *overrides: str, config_dir: Path | None = None) -> dict:
     """`train()` in this process on TINY_RUN + `overrides`, the run under `runs_root`; train's result
     ({"run_dir", "results", "validation", ...})."""
+    # Imported here, not at the top: mtl_cli.train imports torch, which config-only tests never need.
     from mtl_cli.compose import compose_config
     from mtl_cli.train import train
 
@@ -84,7 +99,6 @@ def mtl(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
     An exception that escapes `main` (a traceback a user would see) fails the test right there.
     `mtl train` changes sys.argv for Hydra; monkeypatch puts it back.
     """
-    from mtl_cli.cli import main
 
     def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
         monkeypatch.chdir(cwd)
@@ -92,13 +106,17 @@ def mtl(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
         monkeypatch.delenv("MTL_DATA_ROOT", raising=False)
         monkeypatch.setattr(sys, "argv", ["mtl", *args])
         capsys.readouterr()  # only this command's output
+        code, message = 0, ""
         try:
-            main(list(args))
-            code = 0
+            mtl_main(list(args))
         except SystemExit as exit:
-            code = exit.code if isinstance(exit.code, int) else (0 if exit.code is None else 1)
+            # As the interpreter ends: None is 0, a number the exit code, anything else printed and 1.
+            if isinstance(exit.code, int) or exit.code is None:
+                code = exit.code or 0
+            else:
+                code, message = 1, f"{exit.code}\n"
         out = capsys.readouterr()
-        return subprocess.CompletedProcess(["mtl", *args], code, out.out, out.err)
+        return subprocess.CompletedProcess(["mtl", *args], code, out.out, out.err + message)
 
     return run
 

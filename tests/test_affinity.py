@@ -19,6 +19,7 @@ from mtl_cli.affinity import (
     lookahead_affinity,
     measure_affinity,
 )
+from tests.conftest import tiny_encoder, tiny_run
 
 
 class Toy(nn.Module):
@@ -222,11 +223,9 @@ def test_tiny_encoder_model():
     from mtl_cli import task_types
     from mtl_cli.compose import compose_typed
     from mtl_cli.config import TaskConfig
-    from mtl_cli.encoders import load_encoder
     from mtl_cli.model import build_model
 
-    torch.manual_seed(0)
-    encoder, _ = load_encoder(compose_typed(["encoder=tiny"]).encoder)
+    encoder, _ = tiny_encoder()
     cfgs = {"cls": TaskConfig(), "reg": TaskConfig(type="regression")}
     model = build_model(encoder, cfgs, {"cls": ["x", "y"], "reg": None}, compose_typed().sharing).train()
     gen = torch.Generator().manual_seed(0)
@@ -307,15 +306,9 @@ def test_affinity_is_recorded_during_a_real_run_without_changing_training(tmp_pa
     """Measuring affinity draws from validation batches: the trained weights are identical without it."""
     from safetensors.torch import load_file
 
-    from mtl_cli.compose import compose_config
-    from mtl_cli.train import train
-
-    base = [
-        "task=[demo/restaurants,demo/electronics]", "encoder=tiny", "trainer.max_steps=6", "trainer.eval_every=6",
-        "trainer.batch_size=4", "trainer.lr=1e-3", "trainer.progress=false", f"runs_root={tmp_path}",
-    ]  # fmt: skip
-    with_affinity = Path(train(compose_config([*base, "trainer.affinity_every=2"]))["run_dir"])
-    without = Path(train(compose_config([*base, "trainer.affinity_every=0"]))["run_dir"])
+    base = ["trainer.max_steps=6", "trainer.eval_every=6", "trainer.batch_size=4"]  # the two demo tasks
+    with_affinity = Path(tiny_run(tmp_path, *base, "trainer.affinity_every=2")["run_dir"])
+    without = Path(tiny_run(tmp_path, *base, "trainer.affinity_every=0")["run_dir"])
     lines = [json.loads(line) for line in (with_affinity / "affinity.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [2, 4, 6] and lines[0]["tasks"] == ["restaurants", "electronics"]
     assert all(r["matrix"][0][0] == pytest.approx(1.0) for r in lines)

@@ -256,12 +256,18 @@ SAME_DAMAGE = {
 }
 
 
-def check_bad_run(run_cli, case: str, runs: dict[str, Path], tmp_path: Path) -> None:
-    """`run_cli` is the `mtl` fixture or `run_mtl`."""
+@pytest.fixture(scope="module")
+def made_digest(runs: dict[str, Path]) -> str:
+    """The finished runs' bytes before any case: every case must leave them so. Hashed once, as
+    they are ~100 MB (the tiny encoder's vocabulary, optimizer states)."""
+    return tree_digest(runs["smoke"].parents[1])
+
+
+def check_bad_run(run_cli, case: str, runs: dict[str, Path], made: str, tmp_path: Path) -> None:
+    """`run_cli` is the `mtl` fixture or `run_mtl`; `made` the `made_digest`."""
     command, message = RUN_CASES[case]
     run = make_run(SAME_DAMAGE.get(case, case), runs, tmp_path)
     before = tree_digest(tmp_path / "runs") if run.exists() else None
-    made = tree_digest(runs["smoke"].parents[1])
     if command[0] == "eval":
         proc = run_cli("eval", str(run), *command[1:], cwd=tmp_path)
     else:
@@ -273,8 +279,10 @@ def check_bad_run(run_cli, case: str, runs: dict[str, Path], tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize("case", list(RUN_CASES))
-def test_bad_run_directory_or_checkpoint(mtl, case: str, runs: dict[str, Path], tmp_path: Path) -> None:
-    check_bad_run(mtl, case, runs, tmp_path)
+def test_bad_run_directory_or_checkpoint(
+    mtl, case: str, runs: dict[str, Path], made_digest: str, tmp_path: Path
+) -> None:
+    check_bad_run(mtl, case, runs, made_digest, tmp_path)
 
 
 # --- the real CLI, end to end: a fresh interpreter, exit code, one line on stderr, no traceback --
@@ -291,8 +299,10 @@ def test_bad_train_input_through_the_real_cli(workdir: Path, case: str) -> None:
 
 
 @pytest.mark.parametrize("case", REAL_CLI_RUN)
-def test_bad_run_directory_through_the_real_cli(case: str, runs: dict[str, Path], tmp_path: Path) -> None:
-    check_bad_run(run_mtl, case, runs, tmp_path)
+def test_bad_run_directory_through_the_real_cli(
+    case: str, runs: dict[str, Path], made_digest: str, tmp_path: Path
+) -> None:
+    check_bad_run(run_mtl, case, runs, made_digest, tmp_path)
 
 
 def test_unknown_command_through_the_real_cli(tmp_path: Path) -> None:

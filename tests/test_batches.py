@@ -9,6 +9,7 @@ import pytest
 from mtl_cli.batches import TaskBatches
 from mtl_cli.errors import MtlError
 from mtl_cli.task_types import classification
+from tests.conftest import tiny_run
 
 PAD = 0
 
@@ -78,14 +79,10 @@ def test_a_checkpoint_from_before_batch_numbers_is_refused() -> None:
 
 
 def test_bf16_training_with_length_grouping_runs_and_reports_throughput(tmp_path) -> None:
-    from mtl_cli.compose import compose_config
-    from mtl_cli.train import train
-
-    overrides = ["experiment=smoke", f"runs_root={tmp_path}", "trainer.progress=false", "trainer.max_steps=40"]
-    out = train(compose_config([*overrides, "trainer.precision=bf16", "trainer.eval_every=20"]))
+    out = tiny_run(tmp_path, "trainer.max_steps=40", "trainer.precision=bf16", "trainer.eval_every=20")
     timing = out["timing"]
     assert timing["train_steps"] == 40 and timing["train_examples"] == 40 * 8
     assert timing["real_token_fraction"] > 0.9 and timing["train_examples_per_second"] > 0
     assert 0 <= out["results"]["average"]["accuracy"] <= 1
-    plain = train(compose_config([*overrides, "trainer.length_grouping=0", "trainer.eval_every=20"]))
+    plain = tiny_run(tmp_path, "trainer.max_steps=40", "trainer.length_grouping=0", "trainer.eval_every=20")
     assert plain["timing"]["real_token_fraction"] < timing["real_token_fraction"]

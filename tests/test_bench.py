@@ -16,17 +16,23 @@ from tests.conftest import REPO, SHARED_DATA, needs_shared_data
 @needs_shared_data
 def test_quick_benchmark_writes_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
+    # One torch thread: on a machine whose two cores other work shares, two threads of the tiny
+    # encoder's small operations mostly wait on each other (the figures are checked for being
+    # there and consistent, not for speed). No time limit: a loaded machine makes this slow, not wrong.
+    # Most of its time is the GEMM-peak worker: six 2048x2048 bf16 multiplies take ~60 s each on a
+    # CPU without bf16 units, and no option of bench.py makes them smaller.
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "bench.py"), "--quick", "--steps", "3", "--repeats", "1",
-         "--domains", "books,dvd", "--max-length", "64", "--data-root", str(SHARED_DATA), "--out", str(out)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+         "--domains", "books,dvd", "--max-length", "64", "--threads", "1", "--data-root", str(SHARED_DATA),
+         "--out", str(out)],
+        cwd=tmp_path, capture_output=True, text=True,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
 
     s = report["settings"]
     assert (s["steps"], s["repeats"], s["batch_size"], s["max_length"]) == (3, 1, 32, 64)
-    assert s["domains"] == ["books", "dvd"] and s["threads"] >= 1
+    assert s["domains"] == ["books", "dvd"] and s["threads"] == 1
     assert s["torch"] and s["cpu"] and s["mtl_trainer_config"]["max_steps"] == 3
     methods = report["methods"]
     assert set(methods) == {"mtl", "mtl_fp32", "loop", "trainer"}
@@ -70,7 +76,7 @@ def test_quick_benchmark_writes_every_figure(tmp_path: Path) -> None:
 def test_missing_data_folder_is_one_line_error(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "bench.py"), "--quick", "--data-root", str(tmp_path / "nowhere")],
-        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        cwd=tmp_path, capture_output=True, text=True,
     )  # fmt: skip
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "shared data not found" in proc.stderr

@@ -11,6 +11,7 @@ from mtl_cli.compose import compose_typed
 from mtl_cli.config import DataFormat, EncoderConfig, MtlConfig, TaskConfig
 from mtl_cli.datacheck import check_tasks, print_report, report_markdown, report_warnings, run_data_check
 from mtl_cli.tasks import load_task
+from tests.conftest import tiny_encoder
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -74,13 +75,9 @@ def load(cfgs: dict, root: Path) -> dict:
     return {name: load_task(name, cfg, str(root)) for name, cfg in cfgs.items()}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def tokenizer():
-    from transformers import AutoTokenizer
-
-    from mtl_cli.encoders import resolve_source
-
-    return AutoTokenizer.from_pretrained(resolve_source(compose_typed(["encoder=tiny"]).encoder))
+    return tiny_encoder()[1]
 
 
 @pytest.fixture
@@ -240,10 +237,8 @@ def test_uci_sentences(tokenizer):
     assert not any("longer than" in w or "empty" in w or "class '" in w for w in warnings)
 
 
-def test_data_check_command_through_the_cli(tmp_path):
+def test_data_check_command_through_the_cli(tmp_path, mtl):
     """`mtl data check` as a user runs it: tasks from a --config-dir, report printed and written."""
-    from tests.conftest import run_mtl
-
     data, conf = tmp_path / "data", tmp_path / "conf" / "task"
     conf.mkdir(parents=True)
     for name, cfg in make_tasks(data).items():
@@ -263,7 +258,7 @@ def test_data_check_command_through_the_cli(tmp_path):
         "--out",
         str(out),
     ]
-    proc = run_mtl(*args, cwd=tmp_path)
+    proc = mtl(*args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(out.read_text())
     assert report["tasks"]["alpha"]["splits"]["train"]["duplicates"]["count"] == 4
@@ -271,5 +266,5 @@ def test_data_check_command_through_the_cli(tmp_path):
     assert any(e["train_task"] == "alpha" and e["task"] == "beta" for e in report["cross_task"])
     assert "alpha" in proc.stdout and "leak" in proc.stdout.lower()
 
-    bad = run_mtl("data", "check", "task=nosuchtask", cwd=tmp_path)
+    bad = mtl("data", "check", "task=nosuchtask", cwd=tmp_path)
     assert bad.returncode == 2 and "unknown task 'nosuchtask'" in bad.stderr

@@ -12,6 +12,7 @@ import pytest
 from mtl_cli.early_stopping import TaskEarlyStopping, renormalise
 from mtl_cli.errors import MtlError
 from mtl_cli.plots import training_curves
+from tests.conftest import tiny_run
 
 EVAL_EVERY = 10
 
@@ -225,15 +226,11 @@ def test_tasks_stop_early_in_a_real_run_and_keep_their_best_checkpoints(tmp_path
     evaluation: with patience 2 both stop at the third evaluation and the run ends there."""
     import csv
 
-    from mtl_cli.compose import compose_config
-    from mtl_cli.train import train
-
-    overrides = [
-        "task=[demo/restaurants,demo/electronics]", "encoder=tiny", "trainer.max_steps=40", "trainer.eval_every=2",
-        "trainer.batch_size=4", "trainer.lr=1e-12", "trainer.warmup_ratio=0", "trainer.early_stopping_patience=2",
-        f"runs_root={tmp_path}", "trainer.progress=false",
+    overrides = [  # on the two demo tasks
+        "trainer.max_steps=40", "trainer.eval_every=2", "trainer.batch_size=4", "trainer.lr=1e-12",
+        "trainer.warmup_ratio=0", "trainer.early_stopping_patience=2",
     ]  # fmt: skip
-    run = Path(train(compose_config(overrides))["run_dir"])
+    run = Path(tiny_run(tmp_path, *overrides)["run_dir"])
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert max(r["step"] for r in records) == 6  # evaluations at 2, 4, 6; then every task had stopped
     last = {r["task"]: r for r in records if r["step"] == 6}

@@ -155,10 +155,12 @@ def test_cagrad_matches_a_grid_search_for_two_tasks():
     for c in (0.2, 0.5, 0.9):
         grads = torch.randn(2, 10, generator=rng, dtype=torch.float64)
         grid = torch.linspace(0, 1, 20001, dtype=torch.float64)
-        values = [objective(grads, torch.stack([s, 1 - s]), c) for s in grid]
+        # `objective` at every grid point at once (one row per point): a Python loop took seconds.
+        g0, gw = grads.mean(0), torch.stack([grid, 1 - grid], 1) @ grads
+        values = (gw @ g0 + c * g0.norm() * gw.norm(dim=1)).numpy()
         best = grid[int(np.argmin(values))]
         d, w = cagrad_with_weights(grads, c)
-        assert objective(grads, torch.from_numpy(w), c) <= min(values) + 1e-9
+        assert objective(grads, torch.from_numpy(w), c) <= values.min() + 1e-9
         assert abs(w[0] - best) < 1e-3
         expected = direction(grads, torch.stack([best, 1 - best]), c) / (1 + c**2)
         assert torch.allclose(d, expected, atol=1e-3)

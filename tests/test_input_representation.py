@@ -8,16 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from mtl_cli.compose import compose_config, compose_typed
+from mtl_cli.compose import compose_typed
 from mtl_cli.config import TaskConfig, TaskMarker, Truncation
-from mtl_cli.encoders import load_encoder
 from mtl_cli.tokenization import add_task_markers, encode_texts, marker_token, truncate
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    return load_encoder(compose_typed(["encoder=tiny"]).encoder)
+from tests.conftest import tiny_encoder, tiny_run
 
 
 @pytest.mark.parametrize(
@@ -35,8 +29,8 @@ def test_truncate_keeps_the_configured_part(side: str, head_tokens: int | None, 
     assert truncate([1, 2, 3], 6, cfg) == [1, 2, 3]
 
 
-def test_encode_texts_truncates_inside_the_special_tokens(tiny) -> None:
-    _, tok = tiny
+def test_encode_texts_truncates_inside_the_special_tokens() -> None:
+    _, tok = tiny_encoder()
     words = [f"w{i}" for i in range(60)]
     text = " ".join(words)
     pieces = tok(text, add_special_tokens=False)["input_ids"]
@@ -46,8 +40,8 @@ def test_encode_texts_truncates_inside_the_special_tokens(tiny) -> None:
         assert ids == [tok.cls_token_id, *keep, tok.sep_token_id]
 
 
-def test_pairs_get_segment_ids_and_fit_max_length(tiny) -> None:
-    _, tok = tiny
+def test_pairs_get_segment_ids_and_fit_max_length() -> None:
+    _, tok = tiny_encoder()
     cfg = TaskConfig(max_length=12)
     out = encode_texts(tok, ["the first sentence is here", "short"], ["and a second one", "pair " * 30], cfg)
     assert set(out) == {"input_ids", "token_type_ids"}
@@ -57,8 +51,7 @@ def test_pairs_get_segment_ids_and_fit_max_length(tiny) -> None:
 
 
 def test_prefix_marker_is_a_new_token_right_after_cls() -> None:
-    torch.manual_seed(0)
-    encoder, tok = load_encoder(compose_typed(["encoder=tiny"]).encoder)
+    encoder, tok = tiny_encoder()
     before = encoder.get_input_embeddings().weight.shape[0]
     add_task_markers(tok, encoder, ["yelp", "imdb"])
     assert encoder.get_input_embeddings().weight.shape[0] == before + 2 == len(tok)
@@ -90,15 +83,13 @@ def write_pair_task(root: Path) -> Path:
 
 def test_pair_task_with_markers_trains_saves_and_evaluates(tmp_path: Path) -> None:
     from mtl_cli.eval_run import evaluate_run
-    from mtl_cli.train import train
 
     conf = write_pair_task(tmp_path)
     overrides = [
-        "task=[pairs,demo/restaurants]", "++task.restaurants.task_marker=prefix", "encoder=tiny",
-        "trainer.max_steps=6", "trainer.eval_every=3", "trainer.batch_size=8", "trainer.lr=1e-3",
-        f"runs_root={tmp_path / 'runs'}", "trainer.progress=false",
+        "task=[pairs,demo/restaurants]", "++task.restaurants.task_marker=prefix", "trainer.max_steps=6",
+        "trainer.eval_every=3",
     ]  # fmt: skip
-    out = train(compose_config(overrides, config_dir=str(conf)))
+    out = tiny_run(tmp_path / "runs", *overrides, config_dir=conf)
     run = Path(out["run_dir"])
     results = json.loads((run / "results.json").read_text())
     assert set(results) == {"pairs", "restaurants", "average"}
@@ -115,8 +106,7 @@ def test_pair_task_with_markers_trains_saves_and_evaluates(tmp_path: Path) -> No
 def test_task_embedding_changes_only_its_task() -> None:
     from mtl_cli.model import build_model
 
-    torch.manual_seed(0)
-    encoder, tok = load_encoder(compose_typed(["encoder=tiny"]).encoder)
+    encoder, tok = tiny_encoder()
     cfgs = {"a": TaskConfig(task_marker=TaskMarker.embedding), "b": TaskConfig()}
     model = build_model(encoder, cfgs, {"a": ["x", "y"], "b": ["x", "y"]}, compose_typed().sharing).eval()
     batch = {"input_ids": torch.tensor([[101, 2000, 102]]), "attention_mask": torch.ones(1, 3, dtype=torch.long)}

@@ -14,14 +14,15 @@ import torch.nn.functional as F
 
 from mtl_cli.batches import TaskBatches, eval_batches, pad_inputs
 from mtl_cli.checkpoints import load_weights, save_checkpoint
-from mtl_cli.compose import compose_config, compose_typed
-from mtl_cli.config import CONF_DIR, TaskConfig
-from mtl_cli.encoders import encoder_from_checkpoint, load_encoder
+from mtl_cli.compose import compose_typed
+from mtl_cli.config import CONF_DIR, TaskConfig, TaskMarker
+from mtl_cli.encoders import encoder_from_checkpoint
 from mtl_cli.model import build_model
 from mtl_cli.task_types import mlm
 from mtl_cli.tokenization import add_task_markers, marker_token
+from tests.conftest import SHARED_DATA, tiny_encoder, tiny_run
 
-SHARED_FDU = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fdu-mtl"
+SHARED_FDU = SHARED_DATA / "fdu-mtl"
 DOMAINS = ["books", "dvd", "electronics", "imdb", "kitchen_housewares", "magazines", "MR", "music", "software", "video"]
 CLS, SEP, PAD, MASK, VOCAB = 101, 102, 0, 103, 30522
 
@@ -35,15 +36,6 @@ REVIEWS = [
     "Great value for the price, though the manual is badly translated.",
     "The soundtrack is the best part of this otherwise forgettable film.",
 ]
-
-
-def tiny() -> tuple:
-    return load_encoder(compose_typed(["encoder=tiny"]).encoder)
-
-
-@pytest.fixture(scope="module")
-def encoder_and_tokenizer() -> tuple:
-    return tiny()
 
 
 def synthetic_rows(n: int, seed: int, p: float = 0.15, marker: bool = False) -> list[dict]:
@@ -157,8 +149,8 @@ def test_at_least_one_position_is_masked_per_batch() -> None:
 # --- encoding ------------------------------------------------------------------------------
 
 
-def test_encode_marks_special_tokens_and_truncates(encoder_and_tokenizer) -> None:
-    _, tok = encoder_and_tokenizer
+def test_encode_marks_special_tokens_and_truncates() -> None:
+    _, tok = tiny_encoder()
     cfg = TaskConfig(type="mlm", max_length=12, mlm_probability=0.2)
     enc = mlm.encode({"text": [REVIEWS[0], "ok"]}, tok, cfg, None)
     assert set(enc) == {"input_ids", "special_tokens_mask", "mask_token_id", "vocab_size", "mlm_probability"}
@@ -172,7 +164,7 @@ def test_encode_marks_special_tokens_and_truncates(encoder_and_tokenizer) -> Non
 
 
 def test_encode_never_masks_a_task_marker() -> None:
-    encoder, tok = tiny()
+    encoder, tok = tiny_encoder()
     add_task_markers(tok, encoder, ["lm"])
     marker_id = tok.convert_tokens_to_ids(marker_token("lm"))
     enc = mlm.encode({"text": REVIEWS[:2]}, tok, TaskConfig(type="mlm"), None, marker_id)
@@ -201,8 +193,8 @@ def mlm_batch(tok, seed: int = 0) -> dict:
     return mlm.collate(rows, tok.pad_token_id, np.random.default_rng(seed))
 
 
-def test_decoder_is_tied_to_the_input_embeddings(encoder_and_tokenizer) -> None:
-    encoder, tok = encoder_and_tokenizer
+def test_decoder_is_tied_to_the_input_embeddings() -> None:
+    encoder, tok = tiny_encoder()
     model = build_model(encoder, {"lm": TaskConfig(type="mlm")}, {"lm": None}, compose_typed(["encoder=tiny"]).sharing)
     head, embeddings = model.heads["lm"], encoder.get_input_embeddings().weight
     assert head.decoder.weight is embeddings
@@ -219,10 +211,11 @@ def test_decoder_is_tied_to_the_input_embeddings(encoder_and_tokenizer) -> None:
     encoder.zero_grad()
 
 
-def test_loss_is_cross_entropy_over_masked_positions(encoder_and_tokenizer) -> None:
-    encoder, tok = encoder_and_tokenizer
+def test_loss_is_cross_entropy_over_masked_positions() -> None:
+    encoder, tok = tiny_encoder()
     torch.manual_seed(0)
     head = mlm.build_head(encoder.config.hidden_size, None, encoder, None)
+    assert isinstance(head, mlm.MaskedLMHead)
     torch.nn.init.normal_(head.bias)
     batch = mlm_batch(tok, seed=1)
     hidden = torch.randn(*batch["input_ids"].shape, encoder.config.hidden_size)
@@ -249,10 +242,10 @@ def test_metrics() -> None:
 
 
 def test_checkpoint_round_trip_keeps_the_tie(tmp_path: Path) -> None:
-    encoder, tok = tiny()
+    encoder, tok = tiny_encoder()
     add_task_markers(tok, encoder, ["lm"])  # resized embeddings: the head ties to the resized matrix
     sharing = compose_typed(["encoder=tiny"]).sharing
-    cfgs = {"lm": TaskConfig(type="mlm", task_marker="prefix"), "cls": TaskConfig()}
+    cfgs = {"lm": TaskConfig(type="mlm", task_marker=TaskMarker.prefix), "cls": TaskConfig()}
     labels = {"lm": None, "cls": ["negative", "positive"]}
     model = build_model(encoder, cfgs, labels, sharing)
     torch.nn.init.normal_(model.heads["lm"].bias)
@@ -304,15 +297,10 @@ def write_mlm_task(root: Path) -> Path:
 
 def test_tiny_run_with_an_auxiliary_mlm_task(tmp_path: Path) -> None:
     from mtl_cli.eval_run import evaluate_run
-    from mtl_cli.train import train
 
     conf = write_mlm_task(tmp_path)
-    overrides = [
-        "task=[demo/restaurants,mymlm]", "encoder=tiny", "mixing=round_robin",
-        "trainer.max_steps=4", "trainer.eval_every=2", "trainer.batch_size=8", "trainer.lr=1e-3",
-        f"runs_root={tmp_path / 'runs'}", "trainer.progress=false",
-    ]  # fmt: skip
-    out = train(compose_config(overrides, config_dir=str(conf)))
+    overrides = ["task=[demo/restaurants,mymlm]", "mixing=round_robin", "trainer.max_steps=4", "trainer.eval_every=2"]
+    out = tiny_run(tmp_path / "runs", *overrides, config_dir=conf)
     run = Path(out["run_dir"])
     results = json.loads((run / "results.json").read_text())
     assert set(results) == {"restaurants", "mymlm", "average"}

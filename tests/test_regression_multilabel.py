@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 
 from mtl_cli import task_types
-from mtl_cli.compose import compose_config, compose_typed
 from mtl_cli.config import DataFormat, SharingConfig, TaskConfig
 from mtl_cli.errors import MtlError
 from mtl_cli.tasks import load_task
 from mtl_cli.tokenization import tokenize_task, tokenizer_fingerprint
+from tests.conftest import tiny_encoder, tiny_run
 
 regression = task_types.get("regression")
 multilabel = task_types.get("multilabel")
@@ -49,12 +49,9 @@ def one_line_error(excinfo: pytest.ExceptionInfo) -> str:
     return msg
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def tokenizer():
-    from mtl_cli.encoders import load_encoder
-
-    _, tok = load_encoder(compose_typed(["encoder=tiny"]).encoder)
-    return tok
+    return tiny_encoder()[1]
 
 
 # --- regression: loading ----------------------------------------------------------------------
@@ -393,20 +390,9 @@ def write_user_tasks(root: Path) -> Path:
 
 
 def test_tiny_run_mixes_regression_multilabel_and_classification(tmp_path: Path) -> None:
-    from mtl_cli.train import train
-
     conf = write_user_tasks(tmp_path)
-    runs = tmp_path / "runs"
-    overrides = [
-        "task=[stars,topics,demo/restaurants]",
-        "encoder=tiny",
-        "trainer.max_steps=4",
-        "trainer.eval_every=2",
-        "trainer.batch_size=8",
-        f"runs_root={runs}",
-        "trainer.progress=false",
-    ]
-    out = train(compose_config(overrides, config_dir=str(conf)))
+    overrides = ["task=[stars,topics,demo/restaurants]", "trainer.max_steps=4", "trainer.eval_every=2"]
+    out = tiny_run(tmp_path / "runs", *overrides, config_dir=conf)
     run = Path(out["run_dir"])
     results = json.loads((run / "results.json").read_text())
     assert set(results) == {"stars", "topics", "restaurants", "average"}
@@ -441,8 +427,6 @@ def test_tiny_run_mixes_regression_multilabel_and_classification(tmp_path: Path)
 def test_tiny_encoder_learns_an_easy_regression(tmp_path: Path) -> None:
     # The target is carried by one word ("great" 1.0, "awful" 0.0); seeds 0-9 all reach validation
     # Pearson above 0.95 in about 5 s on an idle CPU, so the 0.5 bar is far from flaky.
-    from mtl_cli.train import train
-
     data = tmp_path / "data"
     write(data / "train.tsv", tsv("text\tlabel", stars_rows(60)))
     write(data / "validation.tsv", tsv("text\tlabel", stars_rows(20, 1000)))
@@ -453,15 +437,6 @@ def test_tiny_encoder_learns_an_easy_regression(tmp_path: Path) -> None:
         f"# @package task.easy\ntype: regression\ndata_dir: {json.dumps(str(data))}\n"
         "files: {train: train.tsv, validation: validation.tsv, test: test.tsv}\nformat: tsv\n",
     )
-    overrides = [
-        "task=[easy]",
-        "encoder=tiny",
-        "trainer.max_steps=60",
-        "trainer.eval_every=20",
-        "trainer.batch_size=16",
-        "trainer.lr=1e-3",
-        f"runs_root={tmp_path / 'runs'}",
-        "trainer.progress=false",
-    ]
-    out = train(compose_config(overrides, config_dir=str(conf)))
+    overrides = ["task=[easy]", "trainer.max_steps=60", "trainer.eval_every=20", "trainer.batch_size=16"]
+    out = tiny_run(tmp_path / "runs", *overrides, config_dir=conf)
     assert out["validation"]["easy"]["pearson"] > 0.5, out["validation"]["easy"]

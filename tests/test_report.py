@@ -12,7 +12,7 @@ import yaml
 
 from mtl_cli.errors import MtlError
 from mtl_cli.report import build_report, flatten, parse_overrides, report_command, write_report
-from tests.conftest import run_mtl
+from tests.conftest import TINY_RUN
 
 A, B = "a", "b"
 
@@ -208,21 +208,11 @@ def test_errors(tmp_path: Path) -> None:
         build_report(tmp_path / "mixed", split="train")
 
 
-def test_real_sweep_through_the_cli(tmp_path: Path) -> None:
-    proc = run_mtl(
-        "train",
-        "-m",
-        "task=demo/restaurants+demo/electronics",
-        "encoder=tiny",
-        "mixing=weights",
-        "mixing.weights.restaurants=0.1,0.5,0.9",
-        "mixing.weights.electronics=1",
-        "trainer.max_steps=2",
-        "trainer.eval_every=2",
-        "trainer.batch_size=4",
-        "trainer.progress=false",
-        cwd=tmp_path,
-    )
+def test_real_sweep_through_the_cli(tmp_path: Path, mtl) -> None:
+    # The sweep of an open-dict key: rewritten by mtl's command line, expanded by Hydra's launcher.
+    sweep = ["mixing=weights", "mixing.weights.restaurants=0.1,0.5,0.9", "mixing.weights.electronics=1"]
+    short = ["trainer.max_steps=2", "trainer.eval_every=2", "trainer.batch_size=4"]
+    proc = mtl("train", "-m", "task=demo/restaurants+demo/electronics", *TINY_RUN, *sweep, *short, cwd=tmp_path)
     assert proc.returncode == 0, f"the documented sweep of an open-dict key failed: {proc.stderr[-2000:]}"
     (folder,) = (tmp_path / "runs" / "multirun").glob("*/*")
     report_command(str(folder))

@@ -1,13 +1,17 @@
-"""Resume, stop signals, atomic and verified checkpoints, non-finite losses.
+"""Resume and stop signals, and non-finite losses.
 
-The kill tests drive the real CLI: a run is killed (SIGKILL, SIGINT, SIGTERM) once its first
-checkpoint exists, resumed with `mtl train resume=DIR`, and must end bit for bit like an
-uninterrupted run of the same config.
+A run stopped between two checkpoints (SIGKILL, SIGINT, SIGTERM) and resumed with
+`mtl train resume=DIR` must end bit for bit like an uninterrupted run of the same config.
+
+The run sends the signal itself, from a callback, after step STOP_AT: it lands at that step
+however loaded the machine is, so the run can neither finish first nor stop somewhere else.
+SIGKILL needs a process of its own; SIGINT goes through `mtl_cli.cli.main` in this process.
+One SIGTERM comes from outside, as `kill` sends it, to a `python -m mtl_cli` run far too long to
+finish first. What a checkpoint holds and how it is saved and verified: test_checkpoints.py.
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import signal
@@ -18,47 +22,51 @@ from pathlib import Path
 
 import pytest
 
-from mtl_cli.checkpoints import checkpoint_problem, find_checkpoint
-from mtl_cli.compose import compose_config
-from mtl_cli.errors import MtlError
+from mtl_cli import train as train_module
+from mtl_cli.callbacks import Callback
+from mtl_cli.checkpoints import checkpoint_problem
 from mtl_cli.interrupts import StopRequest
-from mtl_cli.rundir import RunDir
-from tests.conftest import run_dirs, run_mtl, write
+from tests.conftest import REPO, TINY_RUN, run_dirs, tiny_run, write
 
-# Long enough that a kill after the first checkpoint (step 100) lands mid-run; early stopping,
-# uncertainty weighting and temperature mixing put every kind of saved state to work.
+# Checkpoints every 20 steps; the signal lands after step STOP_AT, between the first two, so the
+# resumed run redoes steps and rewrites records. Early stopping (patience 1 stops tasks in the
+# resumed part), uncertainty weighting, temperature mixing and the affinity probe put every kind
+# of saved state to work.
 LONG = [
-    "experiment=smoke", "trainer.max_steps=600", "trainer.eval_every=100", "trainer.progress=false",
-    "loss_weighting=uncertainty", "mixing=temperature", "trainer.early_stopping_patience=3",
+    "trainer.max_steps=80", "trainer.eval_every=20", "trainer.affinity_every=10", "loss_weighting=uncertainty",
+    "mixing=temperature", "trainer.early_stopping_patience=1",
 ]  # fmt: skip
+STOP_AT = 30
+
+
+class SignalAt(Callback):
+    """Sends `sig` to this process after step `step`, as a user's Ctrl-C or `kill` would at that moment."""
+
+    def __init__(self, step: int, sig: int) -> None:
+        self.step, self.sig = step, sig
+
+    def on_step(self, parts, state, step) -> None:
+        if state.step == self.step:
+            os.kill(os.getpid(), self.sig)
+
+
+def signal_at(step: int, sig: int):
+    """`train.build_callbacks` with a SignalAt added: what a test puts in its place."""
+    build = train_module.build_callbacks
+    return lambda parts: [*build(parts), SignalAt(step, sig)]
+
+
+# `python -c KILL_9 train ...`: the real CLI in a fresh interpreter that SIGKILLs itself after STOP_AT.
+KILL_9 = (
+    "import signal, sys; from mtl_cli import cli, train; from tests.test_resume import STOP_AT, signal_at; "
+    "train.build_callbacks = signal_at(STOP_AT, signal.SIGKILL); cli.main(sys.argv[1:])"
+)
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Path:
-    cwd = tmp_path_factory.mktemp("reference")
-    proc = run_mtl("train", *LONG, cwd=cwd)
-    assert proc.returncode == 0, proc.stderr
-    (run,) = run_dirs(cwd / "runs")
-    return run
-
-
-def start_and_kill(cwd: Path, sig: int) -> tuple[subprocess.CompletedProcess, Path]:
-    """Start the LONG run, send `sig` as soon as its first checkpoint exists; (finished process, run dir)."""
-    env = {**os.environ, "MTL_RUNS_ROOT": str(cwd / "runs")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mtl_cli", "train", *LONG], cwd=cwd, env=env, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    deadline = time.monotonic() + 300
-    while not list(cwd.glob("runs/*/*/checkpoints/last/manifest.json")):
-        assert proc.poll() is None, f"the run ended before its first checkpoint: {proc.communicate()[1][-2000:]}"
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    proc.send_signal(sig)
-    out, err = proc.communicate(timeout=300)
-    (run,) = run_dirs(cwd / "runs")
-    assert not (run / "results.json").exists(), "the run finished before the signal arrived; nothing was tested"
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), run
+    """The LONG run, uninterrupted (in this process: the kill tests compare across processes)."""
+    return Path(tiny_run(tmp_path_factory.mktemp("reference"), *LONG)["run_dir"])
 
 
 def assert_same_run(reference: Path, resumed: Path) -> None:
@@ -69,30 +77,66 @@ def assert_same_run(reference: Path, resumed: Path) -> None:
         assert (resumed / "checkpoints" / ckpt / "model.safetensors").read_bytes() == a, ckpt
 
 
-def test_kill_9_then_resume_matches_an_uninterrupted_run(reference: Path, tmp_path: Path) -> None:
-    killed, run = start_and_kill(tmp_path, signal.SIGKILL)
-    assert killed.returncode == -signal.SIGKILL
-    proc = run_mtl("train", f"resume={run}", cwd=tmp_path)
+def last_step(run: Path) -> int:
+    return json.loads((run / "checkpoints" / "last" / "trainer_state.json").read_text())["step"]
+
+
+def test_the_reference_run_stops_tasks_early_after_the_signal(reference: Path) -> None:
+    """What the resumed runs must reproduce: an early stop after STOP_AT, and the full budget."""
+    records = [json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()]
+    assert max(r["step"] for r in records) == 80
+    assert not any(r.get("stopped") for r in records if r["step"] <= STOP_AT)
+    assert any(r.get("stopped") for r in records)
+
+
+def test_kill_9_then_resume_matches_an_uninterrupted_run(reference: Path, tmp_path: Path, mtl) -> None:
+    env = {**os.environ, "MTL_RUNS_ROOT": str(tmp_path / "runs"), "PYTHONPATH": str(REPO)}
+    env.pop("MTL_DATA_ROOT", None)
+    cmd = [sys.executable, "-c", KILL_9, "train", *TINY_RUN, *LONG]
+    killed = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    (run,) = run_dirs(tmp_path / "runs")
+    assert not (run / "results.json").exists() and last_step(run) == 20  # killed between checkpoints
+    proc = mtl("train", f"resume={run}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "resumed from" in (run / "train.log").read_text()
     assert_same_run(reference, run)
 
 
-def test_sigint_saves_and_says_how_to_resume(reference: Path, tmp_path: Path) -> None:
-    stopped, run = start_and_kill(tmp_path, signal.SIGINT)
+def test_sigint_saves_and_says_how_to_resume(reference: Path, tmp_path: Path, mtl, monkeypatch) -> None:
+    with monkeypatch.context() as patched:
+        patched.setattr(train_module, "build_callbacks", signal_at(STOP_AT, signal.SIGINT))
+        stopped = mtl("train", *TINY_RUN, *LONG, cwd=tmp_path)
     assert stopped.returncode == 130, stopped.stderr
+    (run,) = run_dirs(tmp_path / "runs")
     message = stopped.stderr.strip().splitlines()[-1]
-    assert message.startswith("mtl: error: SIGINT: stopped at step ") and f"mtl train resume={run}" in message
-    state = json.loads((run / "checkpoints" / "last" / "trainer_state.json").read_text())
-    assert state["step"] >= 100 and "Interrupted at step" in (run / "metrics.md").read_text()
-    proc = run_mtl("train", "--resume", str(run), cwd=tmp_path)
+    assert message.startswith(f"mtl: error: SIGINT: stopped at step {STOP_AT}, checkpoint saved")
+    assert f"mtl train resume={run}" in message
+    assert last_step(run) == STOP_AT and "Interrupted at step" in (run / "metrics.md").read_text()
+    assert not (run / "results.json").exists()
+    proc = mtl("train", "--resume", str(run), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert_same_run(reference, run)
 
 
-def test_sigterm_saves_a_checkpoint(tmp_path: Path) -> None:
-    stopped, run = start_and_kill(tmp_path, signal.SIGTERM)
-    assert stopped.returncode == 143 and "SIGTERM: stopped at step" in stopped.stderr
+def test_sigterm_from_outside_saves_a_checkpoint(tmp_path: Path) -> None:
+    """`kill PID` to the real CLI. The run has 5,000 steps and saves `last` every 10: the signal,
+    sent once the first checkpoint exists, lands thousands of steps before the end."""
+    env = {**os.environ, "MTL_RUNS_ROOT": str(tmp_path / "runs")}
+    env.pop("MTL_DATA_ROOT", None)
+    args = [*TINY_RUN, "trainer.max_steps=5000", "trainer.eval_every=5000", "trainer.save_every=10"]
+    cmd = [sys.executable, "-m", "mtl_cli", "train", *args]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    while not list(tmp_path.glob("runs/*/*/checkpoints/last/manifest.json")):
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended before its first checkpoint: {proc.communicate()[1][-2000:]}")
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate()
+    assert proc.returncode == 143, err[-2000:]
+    assert "SIGTERM: stopped at step" in err.strip().splitlines()[-1]
+    (run,) = run_dirs(tmp_path / "runs")
+    assert not (run / "results.json").exists() and 10 <= last_step(run) < 5000
     assert checkpoint_problem(run / "checkpoints" / "last") is None
 
 
@@ -104,95 +148,11 @@ def test_a_second_signal_stops_at_once() -> None:
         stop.handle(signal.SIGINT)
 
 
-def test_resume_refuses_other_overrides_and_finished_runs(tmp_path: Path, reference: Path) -> None:
-    proc = run_mtl("train", f"resume={reference}", "trainer.lr=1", cwd=tmp_path)
+def test_resume_refuses_other_overrides_and_finished_runs(tmp_path: Path, reference: Path, mtl) -> None:
+    proc = mtl("train", f"resume={reference}", "trainer.lr=1", cwd=tmp_path)
     assert proc.returncode == 2 and "keeps the config it started with" in proc.stderr
-    proc = run_mtl("train", f"resume={reference}", cwd=tmp_path)
+    proc = mtl("train", f"resume={reference}", cwd=tmp_path)
     assert proc.returncode == 2 and "nothing to resume" in proc.stderr
-
-
-# --- checkpoints: verified, atomic, rotated -----------------------------------------------------
-
-
-def small_run(tmp_path: Path, *extra: str) -> Path:
-    from mtl_cli.train import train
-
-    overrides = ["experiment=smoke", f"runs_root={tmp_path}", "trainer.progress=false", "trainer.eval_every=2", *extra]
-    return Path(train(compose_config(overrides))["run_dir"])
-
-
-def test_keep_checkpoints_and_fall_back_from_a_truncated_one(tmp_path: Path, capsys) -> None:
-    run = small_run(tmp_path, "trainer.keep_checkpoints=3")
-    ckpts = run / "checkpoints"
-    assert sorted(p.name for p in ckpts.iterdir()) == ["best", "last", "step-000004", "step-000006"]
-    weights = ckpts / "last" / "model.safetensors"
-    with open(weights, "r+b") as f:
-        f.truncate(weights.stat().st_size // 2)
-    assert "truncated" in checkpoint_problem(ckpts / "last")
-    assert find_checkpoint(RunDir(run), "last") == ckpts / "step-000006"
-    assert "checkpoints/last is unusable" in capsys.readouterr().err
-    # mtl eval says so, and evaluates the previous good one.
-    proc = run_mtl("eval", str(run), "checkpoint=last", cwd=tmp_path)
-    assert proc.returncode == 0 and "using step-000006" in proc.stderr
-
-
-def test_a_damaged_checkpoint_without_fallback_is_named(tmp_path: Path) -> None:
-    run = small_run(tmp_path)
-    best = run / "checkpoints" / "best" / "model.safetensors"
-    data = bytearray(best.read_bytes())
-    data[-1] ^= 0xFF  # same size, one flipped bit
-    best.write_bytes(bytes(data))
-    proc = run_mtl("eval", str(run), cwd=tmp_path)
-    assert proc.returncode == 2 and "does not match its SHA-256" in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1
-
-
-def test_a_kill_during_a_save_leaves_the_last_checkpoint_readable(tmp_path: Path, monkeypatch) -> None:
-    import torch
-
-    from mtl_cli import train as train_module
-
-    run = small_run(tmp_path)
-    before = (run / "checkpoints" / "last" / "model.safetensors").read_bytes()
-
-    def killed_midway(obj, path, *args, **kwargs):
-        Path(path).write_bytes(b"half an optimizer state")
-        raise KeyboardInterrupt  # as good as a kill: the rest of the save never happens
-
-    monkeypatch.setattr(torch, "save", killed_midway)
-    with pytest.raises(MtlError, match="stopped at once"):
-        train_module.train(compose_config(["experiment=smoke", f"runs_root={tmp_path}", "trainer.progress=false"]))
-    monkeypatch.undo()
-    # The earlier run is untouched, and the interrupted one has no half-written `last`.
-    assert (run / "checkpoints" / "last" / "model.safetensors").read_bytes() == before
-    (interrupted,) = [r for r in run_dirs(tmp_path) if r != run]
-    assert not (interrupted / "checkpoints" / "last").exists()
-    assert checkpoint_problem(run / "checkpoints" / "last") is None
-
-
-def test_disk_full_during_a_save_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch) -> None:
-    import torch
-
-    from mtl_cli.train import train
-
-    real_save, calls = torch.save, []
-
-    def fills_the_disk(obj, path, *args, **kwargs):
-        calls.append(path)
-        if len(calls) == 2:  # the second `last`: the first must survive
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-        return real_save(obj, path, *args, **kwargs)
-
-    monkeypatch.setattr(torch, "save", fills_the_disk)
-    with pytest.raises(MtlError) as err:
-        train(compose_config(["experiment=smoke", f"runs_root={tmp_path}", "trainer.progress=false"]))
-    message = str(err.value)
-    assert "No space left on device" in message and "previous checkpoint is intact" in message
-    (run,) = run_dirs(tmp_path)
-    last = run / "checkpoints" / "last"
-    assert checkpoint_problem(last) is None
-    assert json.loads((last / "trainer_state.json").read_text())["step"] == 4
-    assert not list((run / "checkpoints").glob(".*tmp"))
 
 
 # --- non-finite losses ------------------------------------------------------------------------
@@ -212,9 +172,12 @@ def exploding_task(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_a_non_finite_loss_stops_with_step_task_and_evidence(exploding_task: Path) -> None:
-    args = ["train", "--config-dir", str(exploding_task / "conf"), "task=reg", "encoder=tiny", "trainer.epochs=3"]
-    proc = run_mtl(*args, "trainer.batch_size=64", "trainer.progress=false", cwd=exploding_task)
+# Batches of 64 hold all 41 rows: every step sees the huge label.
+EXPLODING = ["task=reg", "trainer.max_steps=3", "trainer.batch_size=64"]
+
+
+def test_a_non_finite_loss_stops_with_step_task_and_evidence(exploding_task: Path, mtl) -> None:
+    proc = mtl("train", "--config-dir", str(exploding_task / "conf"), *TINY_RUN, *EXPLODING, cwd=exploding_task)
     assert proc.returncode == 2, proc.stderr
     message = proc.stderr.strip().splitlines()[-1]
     assert "loss of task 'reg' is inf at step" in message and "trainer.nonfinite=skip" in message
@@ -224,11 +187,9 @@ def test_a_non_finite_loss_stops_with_step_task_and_evidence(exploding_task: Pat
     assert json.loads((debug / "info.json").read_text())["problem"].startswith("loss of task 'reg' is inf")
 
 
-def test_non_finite_batches_can_be_skipped(exploding_task: Path) -> None:
-    args = ["train", "--config-dir", str(exploding_task / "conf"), "task=reg", "encoder=tiny", "trainer.epochs=3"]
-    proc = run_mtl(
-        *args, "trainer.batch_size=64", "trainer.nonfinite=skip", "trainer.progress=false", cwd=exploding_task
-    )
+def test_non_finite_batches_can_be_skipped(exploding_task: Path, mtl) -> None:
+    args = ["--config-dir", str(exploding_task / "conf"), *TINY_RUN, *EXPLODING, "trainer.nonfinite=skip"]
+    proc = mtl("train", *args, cwd=exploding_task)
     assert proc.returncode == 0, proc.stderr
     (run,) = run_dirs(exploding_task / "runs")
     state = json.loads((run / "checkpoints" / "last" / "trainer_state.json").read_text())

@@ -11,9 +11,9 @@ import torch
 
 from mtl_cli import sharing
 from mtl_cli.compose import compose_typed
-from mtl_cli.encoders import load_encoder
 from mtl_cli.errors import MtlError
 from mtl_cli.sharing.adapters import adapter_names, base_reference
+from tests.conftest import tiny_encoder
 
 TASKS = ["a", "b"]
 
@@ -29,10 +29,8 @@ def sharing_cfg():
 
 
 def fresh_encoder(encoder_cfg, seed: int = 0):
-    """The tiny random-init encoder; the same seed gives the same base weights."""
-    torch.manual_seed(seed)
-    encoder, _ = load_encoder(encoder_cfg)
-    return encoder
+    """The tiny random-init encoder (`encoder_cfg`'s); the same seed gives the same base weights."""
+    return tiny_encoder(seed)[0]
 
 
 def build(encoder_cfg, sharing_cfg, seed: int = 0, tasks=TASKS, **changes):

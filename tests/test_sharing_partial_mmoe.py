@@ -12,28 +12,22 @@ from torch import nn
 from mtl_cli import sharing
 from mtl_cli.compose import compose_typed
 from mtl_cli.config import SharingConfig
-from mtl_cli.encoders import load_encoder
 from mtl_cli.errors import MtlError
+from tests.conftest import tiny_encoder
 
 TEXTS = ["the plot was thin but the acting kept me watching", "cheap plastic", "a wonderful read"]
 
 
-@pytest.fixture(scope="module")
-def tiny_encoder() -> tuple:
-    torch.manual_seed(0)
-    return load_encoder(compose_typed(["encoder=tiny"]).encoder)
-
-
 @pytest.fixture
-def encoder(tiny_encoder) -> nn.Module:
+def encoder() -> nn.Module:
     """A fresh copy per test: `partial` cuts the encoder it is given."""
-    return copy.deepcopy(tiny_encoder[0])
+    return tiny_encoder()[0]
 
 
 @pytest.fixture(scope="module")
-def batch(tiny_encoder) -> dict:
+def batch() -> dict:
     """Padded (rows of different lengths), with token_type_ids."""
-    out = tiny_encoder[1](TEXTS, padding=True, return_tensors="pt")
+    out = tiny_encoder()[1](TEXTS, padding=True, return_tensors="pt")
     assert (out["attention_mask"] == 0).any()
     return dict(out)
 

@@ -8,17 +8,13 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from mtl_cli.compose import compose_config
 from mtl_cli.eval_run import evaluate_run
-from mtl_cli.train import train
-
-TINY = ["encoder=tiny", "trainer.max_steps=4", "trainer.eval_every=2", "trainer.batch_size=8", "trainer.lr=1e-3"]
-TASKS = "task=[demo/restaurants,demo/electronics]"
+from tests.conftest import tiny_run
 
 
-def tiny_run(tmp_path: Path, *overrides: str) -> Path:
-    cfg = compose_config([TASKS, *TINY, f"runs_root={tmp_path}", "trainer.progress=false", *overrides])
-    return Path(train(cfg)["run_dir"])
+def short_run(tmp_path: Path, *overrides: str) -> Path:
+    """The tiny run on the two demo tasks, cut to 4 steps evaluated at 2 and 4."""
+    return Path(tiny_run(tmp_path, "trainer.max_steps=4", "trainer.eval_every=2", *overrides)["run_dir"])
 
 
 @pytest.mark.parametrize(
@@ -31,7 +27,7 @@ def tiny_run(tmp_path: Path, *overrides: str) -> Path:
     ],
 )
 def test_each_sharing_scheme_trains_saves_and_evaluates(tmp_path: Path, scheme: str, overrides: list[str]) -> None:
-    run = tiny_run(tmp_path, f"sharing={scheme}", *overrides)
+    run = short_run(tmp_path, f"sharing={scheme}", *overrides)
     results = json.loads((run / "results.json").read_text())
     again = evaluate_run(str(run), split="test")
     for task in ("restaurants", "electronics", "average"):
@@ -73,7 +69,7 @@ def test_each_sharing_scheme_trains_saves_and_evaluates(tmp_path: Path, scheme: 
     ],
 )
 def test_each_loss_weighting_trains_and_logs_its_weights(tmp_path: Path, method: str, overrides: list[str]) -> None:
-    run = tiny_run(tmp_path, f"loss_weighting={method}", *overrides)
+    run = short_run(tmp_path, f"loss_weighting={method}", *overrides)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     weights = {r["task"]: r["weight"] for r in records if r["step"] == 4 and r["task"] != "average"}
     assert set(weights) == {"restaurants", "electronics"} and all(w >= 0 for w in weights.values())
@@ -91,7 +87,7 @@ def test_each_loss_weighting_trains_and_logs_its_weights(tmp_path: Path, method:
 
 
 def test_a_collapsed_task_weight_is_reported(tmp_path: Path) -> None:
-    run = tiny_run(
+    run = short_run(
         tmp_path, "loss_weighting=static", "++loss_weighting.weights.restaurants=0.001",
         "++loss_weighting.weights.electronics=1",
     )  # fmt: skip
@@ -113,7 +109,7 @@ def test_eval_refuses_an_adapter_run_whose_base_cannot_be_rebuilt(tmp_path: Path
     from mtl_cli.checkpoints import write_manifest
     from mtl_cli.errors import MtlError
 
-    run = tiny_run(tmp_path, "sharing=adapters", "sharing.lora_r=4")
+    run = short_run(tmp_path, "sharing=adapters", "sharing.lora_r=4")
     base = run / "checkpoints" / "best" / "base_encoder.json"
     ref = json.loads(base.read_text())
     assert ref["fingerprint"]

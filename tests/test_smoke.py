@@ -1,4 +1,6 @@
-"""Tiny CPU smoke runs through the real CLI: the run directory's files, its tables, `mtl eval`, sweeps."""
+"""Tiny CPU smoke runs: `mtl train experiment=smoke` through the real CLI, exactly as a user types
+it; the run directory's files, its tables, `mtl eval`, determinism, sweeps (those through
+`mtl_cli.cli.main` in this process)."""
 
 from __future__ import annotations
 
@@ -8,15 +10,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file
 
 from mtl_cli.compose import compose_config
-from mtl_cli.rundir import claim_run_dir
 from mtl_cli.validation import to_typed
-from tests.conftest import run_dirs, run_mtl
+from tests.conftest import TINY_RUN, run_dirs, run_mtl, tiny_encoder, tiny_run
 
-CHECKPOINT = {"model.safetensors", "encoder/config.json", "labels.json", "trainer_state.json", "config.yaml", "manifest.json"}
+CHECKPOINT = {
+    "model.safetensors", "encoder/config.json", "labels.json", "trainer_state.json", "config.yaml", "manifest.json",
+}  # fmt: skip
 RUN_FILES = {
     "config.yaml", "overrides.yaml", "train.log", "data_check.json", "parameters.json",
     "metrics.jsonl", "metrics.md", "metrics.csv", "results.json", "curves.png", "timing.json",
@@ -77,15 +80,18 @@ def test_metrics_files_agree(smoke_run: Path) -> None:
 
 
 def test_saved_config_is_resolved_and_reloads(smoke_run: Path) -> None:
-    cfg = to_typed(OmegaConf.load(smoke_run / "config.yaml"))
+    saved = OmegaConf.load(smoke_run / "config.yaml")
+    assert isinstance(saved, DictConfig)
+    cfg = to_typed(saved)
     assert cfg.trainer.max_steps == 8 and cfg.encoder.random_init
-    assert Path(cfg.task["restaurants"].data_dir).is_absolute()
+    data_dir = cfg.task["restaurants"].data_dir
+    assert data_dir is not None and Path(data_dir).is_absolute()
     assert OmegaConf.load(smoke_run / "overrides.yaml") == ["experiment=smoke"]
     assert "eval step 8" in (smoke_run / "train.log").read_text()
 
 
-def test_eval_reproduces_the_training_results(smoke_run: Path, tmp_path: Path) -> None:
-    proc = run_mtl("eval", str(smoke_run), cwd=tmp_path)  # from another directory
+def test_eval_reproduces_the_training_results(smoke_run: Path, tmp_path: Path, mtl) -> None:
+    proc = mtl("eval", str(smoke_run), cwd=tmp_path)  # from another directory
     assert proc.returncode == 0, proc.stderr
     evaluated = json.loads((smoke_run / "eval" / "best_test.json").read_text())
     trained = json.loads((smoke_run / "results.json").read_text())
@@ -95,8 +101,8 @@ def test_eval_reproduces_the_training_results(smoke_run: Path, tmp_path: Path) -
     assert "restaurants" in proc.stdout and "average" in proc.stdout
 
 
-def test_eval_of_a_split_subset_and_the_last_checkpoint(smoke_run: Path, tmp_path: Path) -> None:
-    proc = run_mtl("eval", str(smoke_run), "split=validation", "checkpoint=last", "tasks=electronics", cwd=tmp_path)
+def test_eval_of_a_split_subset_and_the_last_checkpoint(smoke_run: Path, tmp_path: Path, mtl) -> None:
+    proc = mtl("eval", str(smoke_run), "split=validation", "checkpoint=last", "tasks=electronics", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     out = json.loads((smoke_run / "eval" / "last_validation.json").read_text())
     assert set(out) == {"electronics", "average"}
@@ -104,46 +110,35 @@ def test_eval_of_a_split_subset_and_the_last_checkpoint(smoke_run: Path, tmp_pat
     logged = next(r for r in last if r["task"] == "electronics")
     assert out["electronics"]["accuracy"] == pytest.approx(logged["accuracy"])
     # A second eval writes next to the first instead of overwriting it.
-    assert run_mtl("eval", str(smoke_run), "split=validation", "checkpoint=last", cwd=tmp_path).returncode == 0
+    assert mtl("eval", str(smoke_run), "split=validation", "checkpoint=last", cwd=tmp_path).returncode == 0
     assert (smoke_run / "eval" / "last_validation_2.json").is_file()
 
 
-def test_eval_latest_finds_the_newest_run(smoke_run: Path) -> None:
-    proc = run_mtl("eval", "latest", cwd=smoke_run.parents[2])
+def test_eval_latest_finds_the_newest_run(smoke_run: Path, mtl) -> None:
+    proc = mtl("eval", "latest", cwd=smoke_run.parents[2])
     assert proc.returncode == 0, proc.stderr
     assert str(smoke_run.name) in proc.stdout.replace("\n", "")
 
 
 def test_training_is_deterministic_on_cpu(tmp_path: Path) -> None:
-    from mtl_cli.train import train
-
-    overrides = ["experiment=smoke", f"runs_root={tmp_path}", "trainer.progress=false", "trainer.max_steps=6"]
-    first = train(compose_config(overrides))
-    second = train(compose_config(overrides))
+    first = tiny_run(tmp_path, "trainer.max_steps=6")
+    second = tiny_run(tmp_path, "trainer.max_steps=6")
     assert first["run_dir"] != second["run_dir"]
     assert first["results"] == second["results"]
     a = load_file(Path(first["run_dir"]) / "checkpoints" / "last" / "model.safetensors")
     b = load_file(Path(second["run_dir"]) / "checkpoints" / "last" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    other_seed = train(compose_config([*overrides, "seed=7"]))
+    other_seed = tiny_run(tmp_path, "trainer.max_steps=6", "seed=7")
     c = load_file(Path(other_seed["run_dir"]) / "checkpoints" / "last" / "model.safetensors")
     assert not torch.equal(a["heads.restaurants.out.weight"], c["heads.restaurants.out.weight"])
 
 
-def test_runs_started_in_the_same_second_get_their_own_directory(tmp_path: Path) -> None:
-    base = tmp_path / "2026-01-01" / "10-00-00_a+b"
-    first, second = claim_run_dir(base, "a: 1\n"), claim_run_dir(base, "a: 2\n")
-    assert first.path == base and second.path.name == "10-00-00_a+b_2"
-    assert first.config.read_text() == "a: 1\n"
-
-
 def test_tokenization_is_cached_for_the_next_run() -> None:
-    from mtl_cli.encoders import load_encoder
     from mtl_cli.tasks import load_task
     from mtl_cli.tokenization import tokenize_task, tokenizer_fingerprint
 
     cfg = to_typed(compose_config(["experiment=smoke"]))
-    _, tokenizer = load_encoder(cfg.encoder)
+    _, tokenizer = tiny_encoder()  # experiment=smoke's encoder
     fp = tokenizer_fingerprint(tokenizer)
     first = tokenize_task(load_task("restaurants", cfg.task["restaurants"], None), tokenizer, fp)["train"]
     path = Path(first.cache_files[0]["filename"])
@@ -153,17 +148,9 @@ def test_tokenization_is_cached_for_the_next_run() -> None:
     assert second["input_ids"] == first["input_ids"]
 
 
-def test_multirun_sweep_gives_each_job_its_own_run(tmp_path: Path) -> None:
-    proc = run_mtl(
-        "train",
-        "-m",
-        "experiment=smoke",
-        "mixing=temperature",
-        "mixing.temperature=1,4",
-        "trainer.max_steps=2",
-        "trainer.eval_every=2",
-        cwd=tmp_path,
-    )
+def test_multirun_sweep_gives_each_job_its_own_run(tmp_path: Path, mtl) -> None:
+    sweep = ["mixing=temperature", "mixing.temperature=1,4", "trainer.max_steps=2", "trainer.eval_every=2"]
+    proc = mtl("train", "-m", *TINY_RUN, *sweep, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     runs = run_dirs(tmp_path / "runs")
     assert len(runs) == 2 and all(r.parts[-4] == "multirun" for r in runs)

@@ -10,14 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from mtl_cli.compose import compose_config, compose_typed
+from mtl_cli.compose import compose_typed
 from mtl_cli.config import DataFormat, TaskConfig
 from mtl_cli.errors import MtlError
 from mtl_cli.task_types import token_classification as tc
 from mtl_cli.tasks import load_task
-from tests.conftest import write
+from tests.conftest import SHARED_DATA, tiny_encoder, tiny_run, write
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 WNUT_TYPES = ("corporation", "creative-work", "group", "location", "person", "product")
 
 # Three sentences; the first separator is a lone TAB (as in WNUT-17's train.conll), then two blank lines.
@@ -35,12 +34,9 @@ def ner_cfg(files: dict[str, str], **overrides) -> TaskConfig:
     return TaskConfig(type="token_classification", format=DataFormat.conll, files=files, **overrides)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def tokenizer():
-    from mtl_cli.encoders import load_encoder
-
-    _, tok = load_encoder(compose_typed(["encoder=tiny"]).encoder)
-    return tok
+    return tiny_encoder()[1]
 
 
 def encode_one(tokenizer, words: list[str], tags: list[int], marker_id=None, **cfg) -> dict:
@@ -294,8 +290,6 @@ def test_entity_level_metrics_on_known_predictions() -> None:
 
 
 def test_tiny_training_run_with_a_user_ner_task(tmp_path: Path) -> None:
-    from mtl_cli.train import train
-
     data, conf = tmp_path / "data", tmp_path / "conf" / "task"
     sentences = TRAIN + "\n" + DEV + "\n"
     write(data / "train.conll", sentences * 6)
@@ -306,16 +300,8 @@ def test_tiny_training_run_with_a_user_ner_task(tmp_path: Path) -> None:
         f"# @package task.ner\ntype: token_classification\nformat: conll\ndata_dir: {data}\n"
         "files: {train: train.conll, validation: dev.conll, test: test.conll}\nmax_length: 32\n",
     )
-    overrides = [
-        "task=[ner,demo/restaurants]",
-        "encoder=tiny",
-        "trainer.max_steps=4",
-        "trainer.eval_every=2",
-        "trainer.batch_size=8",
-        "trainer.progress=false",
-        f"runs_root={tmp_path / 'runs'}",
-    ]
-    out = train(compose_config(overrides, config_dir=str(tmp_path / "conf")))
+    overrides = ["task=[ner,demo/restaurants]", "trainer.max_steps=4", "trainer.eval_every=2"]
+    out = tiny_run(tmp_path / "runs", *overrides, config_dir=tmp_path / "conf")
     results = json.loads((Path(out["run_dir"]) / "results.json").read_text())
     assert set(results) == {"ner", "restaurants", "average"}
     assert set(results["ner"]) == {"precision", "recall", "f1", "accuracy"}

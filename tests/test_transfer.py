@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SHARED_DATA, needs_shared_data, run_mtl
+from tests.conftest import SHARED_DATA, TINY_RUN, needs_shared_data, run_mtl
 
-TINY = ["encoder=tiny", "trainer.max_steps=6", "trainer.eval_every=3", "trainer.batch_size=8", "trainer.lr=1e-3",
-        "trainer.progress=false"]  # fmt: skip
+# `mtl transfer` runs in this process (the `mtl` fixture): it is a loop over `train()` calls.
+TINY = [*TINY_RUN, "trainer.max_steps=6", "trainer.eval_every=3"]
 
 
 def check_report(out: Path, tasks: list[str], seeds: list[int]) -> dict:
@@ -40,9 +40,9 @@ def check_report(out: Path, tasks: list[str], seeds: list[int]) -> dict:
     return report
 
 
-def test_transfer_study_reuses_baselines(tmp_path: Path) -> None:
+def test_transfer_study_reuses_baselines(tmp_path: Path, mtl) -> None:
     args = ["transfer", "task=demo/restaurants+demo/electronics", "seeds=[1,2]", *TINY]
-    first = run_mtl(*args, cwd=tmp_path)
+    first = mtl(*args, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     (out,) = (tmp_path / "runs" / "transfer").glob("*/*")
     report = check_report(out, ["restaurants", "electronics"], [1, 2])
@@ -52,7 +52,7 @@ def test_transfer_study_reuses_baselines(tmp_path: Path) -> None:
     baselines = sorted((tmp_path / "runs" / "baselines").iterdir())
     assert len(baselines) == 4
 
-    second = run_mtl(*args, cwd=tmp_path)
+    second = mtl(*args, cwd=tmp_path)
     assert second.returncode == 0, second.stderr
     newest = max((tmp_path / "runs" / "transfer").glob("*/*"), key=lambda p: p.name)
     again = json.loads((newest / "transfer.json").read_text())
@@ -61,10 +61,10 @@ def test_transfer_study_reuses_baselines(tmp_path: Path) -> None:
     assert [r["single_mean"] for r in again["rows"]] == [r["single_mean"] for r in report["rows"]]
 
 
-def test_transfer_needs_two_tasks_and_valid_seeds(tmp_path: Path) -> None:
-    one = run_mtl("transfer", "task=demo/restaurants", *TINY, cwd=tmp_path)
+def test_transfer_needs_two_tasks_and_valid_seeds(tmp_path: Path, mtl) -> None:
+    one = mtl("transfer", "task=demo/restaurants", *TINY, cwd=tmp_path)
     assert one.returncode == 2 and "at least two tasks" in one.stderr
-    bad = run_mtl("transfer", "seeds=[a]", *TINY, cwd=tmp_path)
+    bad = mtl("transfer", "seeds=[a]", *TINY, cwd=tmp_path)
     assert bad.returncode == 2 and "seeds must be a list of integers" in bad.stderr
 
 
