@@ -89,6 +89,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--data-root", default=os.environ.get("MTL_SHARED_DATA") or str(REPO.parent / "shared" / "data")
     )
     parser.add_argument("--out", default="bench.json")
+    # The peak is that of large multiplies; a smaller size measures a lower one, in less time.
+    parser.add_argument("--gemm-size", type=int, default=2048, help="side of the square GEMMs that measure the peak")
     parser.add_argument("--worker", choices=[*METHODS, "gemm"], help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)  # the worker's mtl overrides
     args = parser.parse_args(argv)
@@ -107,12 +109,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker:
         from bench_workers import run_worker
 
-        print(json.dumps(run_worker(args.worker, args.overrides, args.threads)))
+        print(json.dumps(run_worker(args.worker, args.overrides, args.threads, args.gemm_size)))
         return
     check_data(Path(args.data_root), args.domains)
     load_before = os.getloadavg()[0]  # other work on the machine skews every figure: recorded
     with tempfile.TemporaryDirectory(prefix="mtl-bench-") as tmp:
-        peak = spawn_worker("gemm", args.threads, [])
+        peak = spawn_worker("gemm", args.threads, [], ["--gemm-size", str(args.gemm_size)])
         runs: dict[str, list[dict]] = {m: [] for m in METHODS}
         for r in range(args.repeats):
             # A seed per round (mtl's default 42 first), so that the rounds draw different batches.
@@ -164,8 +166,8 @@ def mtl_overrides(
     return out
 
 
-def spawn_worker(method: str, threads: int, overrides: list[str]) -> dict:
-    cmd = [sys.executable, __file__, "--worker", method, "--threads", str(threads), "--", *overrides]
+def spawn_worker(method: str, threads: int, overrides: list[str], flags: list[str] = []) -> dict:  # noqa: B006
+    cmd = [sys.executable, __file__, "--worker", method, "--threads", str(threads), *flags, "--", *overrides]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         print(proc.stdout[-2000:], proc.stderr[-4000:], sep="\n", file=sys.stderr)

@@ -29,12 +29,12 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
 
 
-def run_worker(method: str, overrides: list[str], threads: int) -> dict:
+def run_worker(method: str, overrides: list[str], threads: int, gemm_size: int = 2048) -> dict:
     import torch
 
     torch.set_num_threads(threads)
     if method == "gemm":
-        return measure_gemm_peak()
+        return measure_gemm_peak(gemm_size)
     cfg = to_typed(compose_config(overrides))
     methods = {"mtl": train_mtl, "mtl_fp32": train_mtl, "loop": train_loop, "trainer": train_trainer}
     result = methods[method](cfg)

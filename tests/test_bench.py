@@ -19,12 +19,12 @@ def test_quick_benchmark_writes_every_figure(tmp_path: Path) -> None:
     # One torch thread: on a machine whose two cores other work shares, two threads of the tiny
     # encoder's small operations mostly wait on each other (the figures are checked for being
     # there and consistent, not for speed). No time limit: a loaded machine makes this slow, not wrong.
-    # Most of its time is the GEMM-peak worker: six 2048x2048 bf16 multiplies take ~60 s each on a
-    # CPU without bf16 units, and no option of bench.py makes them smaller.
+    # The GEMM peak from 512x512 multiplies: the default 2048 takes ~60 s per bf16 multiply on a
+    # CPU without bf16 units (six of them), and the test checks the figures' consistency, not the peak.
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "bench.py"), "--quick", "--steps", "3", "--repeats", "1",
-         "--domains", "books,dvd", "--max-length", "64", "--threads", "1", "--data-root", str(SHARED_DATA),
-         "--out", str(out)],
+         "--domains", "books,dvd", "--max-length", "64", "--threads", "1", "--gemm-size", "512",
+         "--data-root", str(SHARED_DATA), "--out", str(out)],
         cwd=tmp_path, capture_output=True, text=True,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
