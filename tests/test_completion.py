@@ -24,7 +24,7 @@ def shell(tmp_path_factory) -> tuple[str, dict[str, str]]:
     shim.chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     proc = subprocess.run(
-        ["mtl", "train", "--shell-completion", "install=bash"], env=env, capture_output=True, text=True, timeout=120
+        ["mtl", "train", "--shell-completion", "install=bash"], env=env, capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout, env
@@ -40,7 +40,7 @@ def complete(shell: tuple[str, dict[str, str]], line: str) -> list[str]:
         f"COMP_WORDS=({' '.join(shlex.quote(w) for w in words)}); COMP_CWORD={len(words) - 1}; "
         '_mtl_completion; printf "%s\\n" "${COMPREPLY[@]}"'
     )
-    proc = subprocess.run(["bash", "-c", f"{script}\n{call}"], env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(["bash", "-c", f"{script}\n{call}"], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     return sorted(w for w in proc.stdout.splitlines() if w)
 
@@ -68,7 +68,7 @@ def test_completes_keys_after_earlier_overrides(shell) -> None:
 
 def test_other_shells_get_a_one_line_error(shell) -> None:
     _, env = shell
-    proc = subprocess.run(["mtl", "train", "-sc", "install=fish"], env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(["mtl", "train", "-sc", "install=fish"], env=env, capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "install=bash" in proc.stderr
 

@@ -53,7 +53,7 @@ def test_non_editable_install_trains_from_any_directory(tmp_path: Path) -> None:
             shutil.copy2(REPO / name, src / name)
     install = subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(target), str(src)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True,
     )  # fmt: skip
     assert install.returncode == 0, install.stderr
     assert (target / "mtl_cli" / "conf" / "experiment" / "smoke.yaml").is_file()
@@ -66,7 +66,7 @@ def test_non_editable_install_trains_from_any_directory(tmp_path: Path) -> None:
         env.pop(var, None)
     where = subprocess.run(
         [sys.executable, "-c", "import mtl_cli, mtl_cli.config as c; print(mtl_cli.__file__); print(c.CONF_DIR)"],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=120,
+        cwd=cwd, env=env, capture_output=True, text=True,
     )  # fmt: skip
     assert where.returncode == 0, where.stderr
     package_file, conf_dir = (Path(line) for line in where.stdout.split())
@@ -74,7 +74,7 @@ def test_non_editable_install_trains_from_any_directory(tmp_path: Path) -> None:
 
     proc = subprocess.run(
         [sys.executable, "-m", "mtl_cli", "train", "experiment=smoke", "trainer.progress=false"],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
+        cwd=cwd, env=env, capture_output=True, text=True,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     # runs/<date>/<time>_<tasks>/: the default runs root is relative to where mtl was started.
