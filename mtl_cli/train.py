@@ -339,9 +339,10 @@ def fit(parts: Parts, state: TrainState, callbacks: list[Callback], signals: Sto
                 for task, loss in step.losses.items():
                     prev = state.running_loss.get(task)
                     state.running_loss[task] = loss if prev is None else 0.9 * prev + 0.1 * loss
-            stop = first_stop(cb.on_step(parts, state, step) for cb in callbacks)
-            if stop is not None:
-                return stop
+            for cb in callbacks:  # a stop here (a non-finite loss) ends the step's work at once
+                stop = cb.on_step(parts, state, step)
+                if stop is not None:
+                    return stop
             bar.advance(state, step)
             if state.step % parts.eval_every == 0 or state.step == parts.total_steps:
                 stop = evaluate_and_save(parts, state, callbacks)
@@ -355,7 +356,8 @@ def fit(parts: Parts, state: TrainState, callbacks: list[Callback], signals: Sto
 
 
 def first_stop(stops: Any) -> Stop | None:
-    found = [s for s in stops if s is not None]  # every callback runs, even after one asks to stop
+    # Every callback sees the evaluation (each adds to the records), even after one asks to stop.
+    found = [s for s in stops if s is not None]
     return found[0] if found else None
 
 
