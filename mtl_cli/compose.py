@@ -7,7 +7,6 @@ naming the override to fix, and no run directory is created.
 
 from __future__ import annotations
 
-import itertools
 import os
 import re
 from collections.abc import Sequence
@@ -120,10 +119,6 @@ def check_task_names(overrides: list[str], cfg: DictConfig) -> None:
             f"tasks {selected} name only {len(cfg.task)} distinct task(s) ({', '.join(cfg.task)}): two of them share "
             "a name; copy one into your own --config-dir with another `# @package task.<name>` header"
         )
-
-
-def combos_for_tests(overrides: list[list[str]]) -> list[list[str]]:
-    return [list(c) for c in itertools.product(*overrides)]
 
 
 def compose_typed(overrides: Sequence[str] = (), config_dir: str | None = None) -> Any:

@@ -369,11 +369,12 @@ def evaluate_and_save(parts: Parts, state: TrainState, callbacks: list[Callback]
         raise MtlError(f"`trainer.best_metric={t.best_metric}` is not a metric of these tasks; use main or one of "
                        f"{sorted(results['average'])}")  # fmt: skip
     ev = Evaluation(state.step, results, {n: main_score(parts, n, results[n]) for n in parts.types})
+    epochs = epochs_seen(parts, state)
     for task, metrics in results.items():
         rec = {"step": state.step, "split": "validation", "task": task, **metrics}
         if task in state.examples_seen:
             rec.update(train_loss=state.running_loss.get(task), examples_seen=state.examples_seen[task],
-                       epochs=epochs_seen(parts, state)[task])  # fmt: skip
+                       epochs=epochs[task])  # fmt: skip
         ev.records[task] = rec
     stop = first_stop(cb.on_evaluate(parts, state, ev) for cb in callbacks)
     for task, rec in ev.records.items():
