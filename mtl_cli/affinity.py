@@ -37,6 +37,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from mtl_cli.rundir import append_jsonl, write_with
+
 Matrix = list[list[float]]
 LossFn = Callable[[Any, dict], torch.Tensor]
 
@@ -268,8 +270,7 @@ class AffinityRecorder:
             raise ValueError(f"matrix must be {n}x{n} for tasks {tasks}")
         line = {"step": int(step), "kind": kind, "tasks": list(tasks), "matrix": _json_matrix(matrix)}
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(line) + "\n")
+        append_jsonl(self.path, [line])  # a failed write is cut back off, and is one line
 
     def records(self, kind: str = "cosine") -> list[dict]:
         """This kind's records in step order, one per step, all with the task list of the latest one."""
@@ -329,7 +330,7 @@ class AffinityRecorder:
             _heatmap(fig, row[0], tasks, mean, kind, f"{kind}: mean\n{len(recs)} measurement(s), {span}")
             _heatmap(fig, row[1], tasks, last, kind, f"{kind}: last\nstep {recs[-1]['step']}")
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=100)
+        write_with(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))  # whole, or one line
         return path
 
 

@@ -120,7 +120,13 @@ def main(argv: list[str] | None = None) -> None:
     }  # fmt: skip
     if command not in commands:
         fail(f"unknown command '{command}'; use one of: {', '.join(commands)} (mtl --help)")
-    commands[command](rest)
+    from mtl_cli.interrupts import StopRequest, exit_code, signal_name
+
+    try:
+        with StopRequest(at_once=True):  # SIGTERM like Ctrl-C, in every phase; the training loop sets its own
+            commands[command](rest)
+    except KeyboardInterrupt as err:  # a phase with nothing to save: its writes clean up after themselves
+        fail(f"{signal_name(err)}: stopped; mtl {command} did not finish and wrote nothing", exit_code(err))
 
 
 def train_command(args: list[str]) -> None:
@@ -140,14 +146,25 @@ def train_command(args: list[str]) -> None:
         return resume_command(resume_dir, rest)
     args = rewrite_overrides(args)
     overrides, flags, multirun = split_hydra_args(args)
+    config_dir = flags.get("--config-dir", flags.get("-cd"))
+    if config_dir is not None:  # also for --help and --cfg, which Hydra would only warn about
+        from mtl_cli.compose import check_config_dir
+
+        try:
+            check_config_dir(config_dir)
+        except MtlError as err:
+            fail(str(err))
     informational = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "--version"}
     if not informational & set(flags):
         from mtl_cli.compose import check_overrides
 
         try:
             check_overrides(overrides, flags, multirun)
+            check_run_dir_overrides(overrides)
+            check_runs_writable(overrides, multirun)  # before Hydra makes the run's folder
         except MtlError as err:
             fail(str(err))
+    SWEEP.start(overrides if multirun else None)
     sys.argv = ["mtl train", *args]
     hydra_train()
 
@@ -191,8 +208,13 @@ def resume_command(run_dir: str, rest: list[str]) -> None:
         resume(Path(run_dir), trust_remote_code=len(rest) > len(extra))
     except MtlError as err:
         fail(str(err), err.exit_code)
-    except KeyboardInterrupt:  # before training went on: the run directory is as it was
-        fail(f"interrupted before training went on; nothing was trained: mtl train resume={run_dir}", 130)
+    except KeyboardInterrupt as err:  # before training went on: the run directory is as it was
+        from mtl_cli.interrupts import exit_code, signal_name
+
+        fail(
+            f"{signal_name(err)}: stopped before training went on; nothing was trained: mtl train resume={run_dir}",
+            exit_code(err),
+        )
 
 
 def hydra_train() -> None:
@@ -203,21 +225,81 @@ def hydra_train() -> None:
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
     def _run(cfg) -> None:
         from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
 
         from mtl_cli.errors import MtlError
         from mtl_cli.train import train
 
         hc = HydraConfig.get()
+        out = Path(hc.runtime.output_dir)
+        sweep = SWEEP if hc.mode == RunMode.MULTIRUN else None
         try:
-            train(cfg, run_dir=Path(hc.runtime.output_dir), overrides=list(hc.overrides.task))
+            check_hydra_run_dir(out, list(hc.overrides.hydra), hc.mode == RunMode.MULTIRUN)
+            result = train(cfg, run_dir=out, overrides=list(hc.overrides.task))
         except MtlError as err:
-            remove_empty_dirs(Path(hc.runtime.output_dir), levels=2)
-            fail(str(err), err.exit_code)
-        except KeyboardInterrupt:  # before training started: nothing to save yet
-            remove_empty_dirs(Path(hc.runtime.output_dir), levels=2)
-            fail("interrupted before training started; nothing was saved", 130)
+            remove_empty_dirs(out, levels=2)
+            message, code = str(err), err.exit_code
+        except KeyboardInterrupt as err:  # before training started: nothing to save yet
+            from mtl_cli.interrupts import exit_code, signal_name
+
+            remove_empty_dirs(out, levels=2)
+            message, code = f"{signal_name(err)}: stopped before training started; nothing was saved", exit_code(err)
+        else:
+            if sweep is not None:
+                sweep.ran(hc.job.num, result.get("run_dir", out), list(hc.overrides.task))
+            return
+        if sweep is not None:
+            message = sweep.failed(hc.job.num, message, out, Path(hc.sweep.dir), list(hc.overrides.task))
+        fail(message, code)
 
     _run()
+
+
+def check_runs_writable(overrides: list[str], multirun: bool) -> None:
+    """The folder the run goes in can really be written (root passes `os.access` on a read-only
+    folder): one line now, not Hydra's traceback when it makes the folder."""
+    from mtl_cli.rundir import check_writable
+
+    values = dict(o.lstrip("+~").partition("=")[::2] for o in overrides if "=" in o)
+    named = values.get("hydra.sweep.dir" if multirun else "hydra.run.dir")
+    root = values.get("runs_root") or os.environ.get("MTL_RUNS_ROOT") or "runs"
+    folder = Path(named if named and "${" not in named else root)
+    check_writable(folder, ", or set runs_root=<a folder with room that you can write>")
+
+
+def check_run_dir_overrides(overrides: list[str]) -> None:
+    """`hydra.run.dir=` / `hydra.sweep.dir=` / `runs_root=` given as plain paths: checked before Hydra
+    makes the folder (inside an existing run, a name longer than the filesystem takes)."""
+    from mtl_cli.errors import MtlError
+    from mtl_cli.rundir import check_run_dir_path, looks_like_run
+
+    roots = [f"runs_root={os.environ['MTL_RUNS_ROOT']}"] if os.environ.get("MTL_RUNS_ROOT") else []
+    for text in [*roots, *overrides]:
+        key, _, value = text.lstrip("+~").partition("=")
+        if key not in ("hydra.run.dir", "hydra.sweep.dir", "runs_root") or not value or "${" in value:
+            continue
+        check_run_dir_path(Path(value) if key == "hydra.run.dir" else Path(value) / "x")
+        if key == "hydra.run.dir" and looks_like_run(Path(value)):
+            raise MtlError(existing_run_message(Path(value)))
+
+
+def existing_run_message(path: Path) -> str:
+    return (
+        f"hydra.run.dir={path} is an existing run; a new run needs a folder of its own (drop hydra.run.dir, "
+        f"or continue that run with: mtl train resume={path})"
+    )
+
+
+def check_hydra_run_dir(out: Path, hydra_overrides: list[str], multirun: bool) -> None:
+    """The folder Hydra chose: an existing run only by the same-second clash of its default name
+    (train() then takes `_2`); one the user named with hydra.run.dir is refused. Inside a run: refused
+    by train() (rundir.check_run_dir_path)."""
+    from mtl_cli.errors import MtlError
+    from mtl_cli.rundir import looks_like_run
+
+    named = any(o.lstrip("+~").startswith("hydra.run.dir=") for o in hydra_overrides)
+    if named and not multirun and looks_like_run(out):
+        raise MtlError(existing_run_message(out))
 
 
 def remove_empty_dirs(path: Path, levels: int) -> None:
@@ -226,6 +308,60 @@ def remove_empty_dirs(path: Path, levels: int) -> None:
         if not folder.is_dir() or any(folder.iterdir()):
             return
         folder.rmdir()
+
+
+class Sweep:
+    """What a sweep (`mtl train -m`, Hydra's basic launcher: the jobs in turn, in this process) has done,
+    so that a failure on job k can say which jobs ran, which failed and which were not run."""
+
+    def __init__(self) -> None:
+        self.start(None)
+
+    def start(self, overrides: list[str] | None) -> None:
+        self.jobs: list[list[str]] | None = sweep_jobs(overrides) if overrides is not None else None
+        self.done: list[tuple[int, str]] = []
+
+    def ran(self, num: int, run_dir: Path | str, overrides: list[str]) -> None:
+        self.done.append((num, f"job {num} ({self.swept(overrides)}): {run_dir}"))
+
+    def swept(self, overrides: list[str]) -> str:
+        """The overrides that tell this job from the others (all of them without a plan)."""
+        common = set.intersection(*map(set, self.jobs)) if self.jobs else set()
+        return " ".join(o for o in overrides if o not in common) or " ".join(overrides) or "no overrides"
+
+    def failed(self, num: int, reason: str, out: Path, sweep_dir: Path, overrides: list[str]) -> str:
+        kept = f" (its folder {out})" if out.is_dir() and any(out.iterdir()) else ""
+        total = len(self.jobs) if self.jobs else None
+        ran = "; ".join(text for _, text in self.done) if self.done else "none"
+        if total is None:
+            rest = "the rest of the sweep"
+        else:
+            later = [f"job {n} ({self.swept(self.jobs[n])})" for n in range(num + 1, total)]  # type: ignore[index]
+            rest = ", ".join(later) or "none"
+        if not self.done and not kept:  # nothing of the sweep exists: no folder left behind either
+            (sweep_dir / "multirun.yaml").unlink(missing_ok=True)
+            remove_empty_dirs(sweep_dir, levels=3)
+        of = f" of {total}" if total else ""
+        return (
+            f"sweep stopped: job {num}{of} ({self.swept(overrides)}) failed{kept}: {reason} | ran: {ran} | "
+            f"not run: {rest}"
+        )
+
+
+def sweep_jobs(overrides: list[str]) -> list[list[str]] | None:
+    """Each job's overrides, in the order Hydra's basic sweeper runs them (None when it cannot be told)."""
+    try:
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        own = [o for o in overrides if not o.lstrip("+~").startswith("hydra.")]
+        batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(own), None)
+        return [list(job) for batch in batches for job in batch]
+    except Exception:  # a sweep Hydra's basic sweeper expands otherwise (globs): no plan, still a summary
+        return None
+
+
+SWEEP = Sweep()
 
 
 def parse_key_values(args: list[str], allowed: dict[str, str]) -> dict[str, str]:
@@ -242,7 +378,7 @@ def eval_command(args: list[str]) -> None:
     if not args or args[0] in ("-h", "--help"):
         print(
             "usage: mtl eval RUN_DIR|latest [split=test|validation] [checkpoint=best|last|best-<task>|step-<n>] "
-            "[tasks=a+b] [data_root=DIR] [batch_size=N] [trust_remote_code=true]"
+            "[tasks=a+b] [data_root=DIR] [batch_size=N] [trust_remote_code=true] [allow_changed_data=true]"
         )
         return
     allowed = {
@@ -253,6 +389,7 @@ def eval_command(args: list[str]) -> None:
         "batch_size": "n",
         "runs_root": "dir",
         "trust_remote_code": "true|false",
+        "allow_changed_data": "true|false",
     }
     opts = parse_key_values(args[1:], allowed)
     from mtl_cli.errors import MtlError
@@ -268,6 +405,7 @@ def eval_command(args: list[str]) -> None:
             batch_size=int(opts["batch_size"]) if opts.get("batch_size", "").isdigit() else None,
             runs_root=opts.get("runs_root") or os.environ.get("MTL_RUNS_ROOT", "runs"),
             trust_remote_code=opts.get("trust_remote_code", "").lower() == "true",
+            allow_changed_data=opts.get("allow_changed_data", "").lower() == "true",
         )
     except MtlError as err:
         fail(str(err))

@@ -36,6 +36,8 @@ def compose_config(
     from hydra.core.global_hydra import GlobalHydra
 
     overrides = list(overrides)
+    if config_dir is not None:
+        check_config_dir(config_dir)
     if config_dir:
         overrides.append(f"hydra.searchpath=[file://{os.path.abspath(config_dir)}]")
     GlobalHydra.instance().clear()
@@ -48,7 +50,39 @@ def compose_config(
         GlobalHydra.instance().clear()
 
 
+def check_config_dir(config_dir: str) -> None:
+    """Hydra only warns about a missing search path (a Python warning), then fails on what it lacks."""
+    if not config_dir or not Path(config_dir).is_dir():
+        what = "does not exist" if not config_dir or not os.path.lexists(config_dir) else "is not a directory"
+        raise MtlError(
+            f"--config-dir {config_dir!r} {what}; pass the folder that holds your task/ configs (mtl tasks --config-dir DIR lists them)"
+        )
+
+
+def describe_yaml_error(err: BaseException) -> str | None:
+    """A YAML syntax error anywhere in the chain, as `FILE line N, column M: problem`; None without one."""
+    import yaml
+
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, yaml.MarkedYAMLError):
+            mark = current.problem_mark or current.context_mark
+            problem = current.problem or current.context or first_line(current)
+            where = f"{mark.name} line {mark.line + 1}, column {mark.column + 1}" if mark else "a YAML file"
+            start = current.context_mark
+            if current.problem and current.context and start is not None and start.line != getattr(mark, "line", None):
+                problem += f" ({current.context} from line {start.line + 1})"
+            return f"broken YAML in {where}: {problem}; fix the YAML there"
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def describe_hydra_error(err: Exception, extra_dirs: list[str]) -> str:
+    broken = describe_yaml_error(err)
+    if broken:
+        return broken
     text = str(err).strip()
     missing = re.search(r"Could not (?:find|load) '([^']+)'", text)
     if missing:
@@ -83,9 +117,15 @@ def check_overrides(overrides: list[str], flags: dict[str, str], multirun: bool)
 
     config_dir = flags.get("--config-dir") or flags.get("-cd")
     config_name = flags.get("--config-name") or flags.get("-cn") or "config"
+    parser = OverridesParser.create()
     try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
+        parsed = parser.parse_overrides(overrides)
     except Exception as err:
+        for text in overrides:  # name the one that fails
+            try:
+                parser.parse_overrides([text])
+            except Exception as one:
+                raise MtlError(f"cannot parse the override `{text}`: {first_line(one)}; fix its value") from None
         raise MtlError(f"cannot parse the overrides: {first_line(err)}") from None
     choices: list[list[str]] = []
     for text, override in zip(overrides, parsed, strict=True):
@@ -114,6 +154,11 @@ def check_task_names(overrides: list[str], cfg: DictConfig) -> None:
     for text in overrides:
         if text.startswith("task=["):
             selected = [t.strip() for t in text[len("task=[") : -1].split(",") if t.strip()]
+    twice = sorted({t for t in selected if selected.count(t) > 1})
+    if twice:  # one task trained as one, whatever the count: say so rather than drop the copy silently
+        raise MtlError(
+            f"task {', '.join(twice)} is selected more than once in task={'+'.join(selected)}; name each task once"
+        )
     if selected and len(cfg.task) != len(set(selected)):
         raise MtlError(
             f"tasks {selected} name only {len(cfg.task)} distinct task(s) ({', '.join(cfg.task)}): two of them share "

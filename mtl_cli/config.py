@@ -273,9 +273,9 @@ class TrainerConfig:
     precision: Precision = Precision.auto
     # torch.compile the encoder (dynamic shapes); compilation takes a while before the first step.
     compile: bool = False
-    # Torch intra-op threads; None: one per physical core.
+    # Torch intra-op threads (1 to 1024); None: one per physical core.
     threads: int | None = None
-    # "auto" uses a GPU when one is visible, else the CPU.
+    # "auto" uses a GPU when one is visible, else the CPU; cpu, cuda[:N] and mps must exist here.
     device: str = "auto"
     progress: bool = True
 
@@ -293,10 +293,32 @@ class MtlConfig:
     seed: int = 42
 
 
+# A run directory is `<time>_<label>` (a sweep job's `<n>_<label>`, `_2` for a second run in the
+# same second): the label stays well under the 255 bytes a file name may have.
+LABEL_MAX = 120
+
+
 def task_names_label(task: Any) -> str:
-    """`yelp+imdb` for a run directory name; safe as one path component."""
+    """`yelp+imdb` for a run directory name; safe as one path component, at most LABEL_MAX bytes.
+
+    Longer (many tasks, or long names): the first names, the number left out and a short hash
+    of the whole label, e.g. `a+b+c+27-more-1f2e3d4c`, the same for the same tasks.
+    """
     names = "+".join(task.keys()) if task else "no-task"
-    return re.sub(r"[^A-Za-z0-9_.+-]", "_", names).strip(".") or "run"
+    label = re.sub(r"[^A-Za-z0-9_.+-]", "_", names).strip(".") or "run"
+    if len(label) <= LABEL_MAX:
+        return label
+    import hashlib
+
+    digest = hashlib.sha256(label.encode()).hexdigest()[:8]
+    parts = label.split("+")
+    kept: list[str] = []
+    while parts and len("+".join([*kept, parts[0]])) <= LABEL_MAX - 24:
+        kept.append(parts.pop(0))
+    if not kept:  # one name longer than the budget on its own
+        kept, parts = [parts[0][: LABEL_MAX - 24]], parts[1:]
+    more = f"+{len(parts)}-more" if parts else ""
+    return f"{'+'.join(kept)}{more}-{digest}"
 
 
 def _register() -> None:

@@ -7,7 +7,8 @@ line of a file must have as many fields as its first one. `-DOCSTART-` lines are
 separators, not words.
 
 Each split is built with `datasets.Dataset.from_generator`, which caches the parsed Arrow table;
-the file's modification time and size are part of the cache key, so an edited file is re-read.
+the file's content hash is part of the cache key, so an edited file is re-read (even one whose
+size and modification time are as before).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 from collections.abc import Iterator
 
 from mtl_cli.errors import MtlError
+from mtl_cli.fingerprints import file_digest
 
 # Zero-width characters and stray byte-order marks: a line holding only these (and whitespace) is blank.
 # WNUT-17's dev.conll ends with a line holding a lone BOM.
@@ -82,8 +84,8 @@ def read_sentences(path: str, encoding: str = "utf-8") -> Iterator[dict[str, lis
         yield {"tokens": tokens, "tags": tags}
 
 
-def _generate(path: str, mtime: int, size: int, encoding: str) -> Iterator[dict[str, list[str]]]:
-    # mtime and size are unused here: they are in gen_kwargs only to key the datasets cache.
+def _generate(path: str, sha256: str, encoding: str) -> Iterator[dict[str, list[str]]]:
+    # sha256 is unused here: it is in gen_kwargs only to key the datasets cache on the file's content.
     yield from read_sentences(path, encoding)
 
 
@@ -96,12 +98,11 @@ def load_conll(name: str, files: dict[str, str], encoding: str = "utf-8"):
     )
     out = {}
     for split, path in files.items():
-        stat = os.stat(path)
         try:
             out[split] = datasets.Dataset.from_generator(
                 _generate,
                 features=features,
-                gen_kwargs={"path": path, "mtime": stat.st_mtime_ns, "size": stat.st_size, "encoding": encoding},
+                gen_kwargs={"path": path, "sha256": file_digest(path), "encoding": encoding},
             )
         except Exception as err:
             cause = _find_cause(err)

@@ -36,7 +36,7 @@ from mtl_cli.config import SPLITS, MtlConfig
 from mtl_cli.encoders import resolve_source
 from mtl_cli.errors import MtlError, first_line
 from mtl_cli.hub import hub_offline_mode, hub_reachable
-from mtl_cli.rundir import write_json
+from mtl_cli.rundir import write_json, writing
 from mtl_cli.tables import print_table, rows_to_markdown
 from mtl_cli.tasks import Task, load_tasks
 
@@ -234,8 +234,10 @@ def run_data_check(cfg: MtlConfig, out_path: Path | None = None, full: bool = Tr
     print_report(report)
     if out_path is not None:
         out_path = Path(out_path)
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(out_path, report)
+        made = [p for p in [out_path.parent, *out_path.parent.parents] if not p.exists()]
+        with writing(out_path, *(p.rmdir for p in made)):  # one line for a full disk or read-only folder
+            out_path.parent.mkdir(parents=True, exist_ok=True)
+            write_json(out_path, report)
     return report
 
 

@@ -20,10 +20,33 @@ def setup_torch(device: str, threads: int | None) -> Any:
     torch.set_num_threads(threads or physical_cores())
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return check_device(device)
+
+
+def check_device(device: str) -> Any:
+    """`trainer.device` as a torch.device, refused in one line unless it names a device this machine has."""
+    import torch
+
+    if device == "auto":
+        return None
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except RuntimeError:
-        raise MtlError(f"`trainer.device` must be auto, cpu or cuda[:N]; got {device!r}") from None
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda", "mps"):
+        raise MtlError(f"`trainer.device` must be auto, cpu, cuda[:N] or mps; got {device!r}")
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            raise MtlError(f"trainer.device={device}: this machine has no CUDA device; use trainer.device=auto or cpu")
+        if dev.index is not None and dev.index >= count:
+            raise MtlError(
+                f"trainer.device={device}: this machine has {count} CUDA device(s) (cuda:0 to cuda:{count - 1}); "
+                "pick one of them or use trainer.device=auto"
+            )
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise MtlError(f"trainer.device={device}: Apple's MPS is not available here; use trainer.device=auto or cpu")
+    return dev
 
 
 def physical_cores() -> int:

@@ -7,8 +7,10 @@ checkpoint holds the run's config.yaml); the table goes to the run's `eval/` (a 
 
 from __future__ import annotations
 
+import sys
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from mtl_cli.checkpoints import (
     check_checkpoint_origin,
@@ -21,13 +23,27 @@ from mtl_cli.checkpoints import (
 from mtl_cli.device import setup_torch, use_bf16
 from mtl_cli.errors import MtlError
 from mtl_cli.evaluate import Evaluator
-from mtl_cli.rundir import RunDir, find_latest_run, load_run_config, write_json
+from mtl_cli.fingerprints import changed_splits
+from mtl_cli.rundir import RunDir, WriteError, find_latest_run, json_text, load_run_config, writing
 from mtl_cli.tables import print_table, table_rows, write_table
 from mtl_cli.tasks import load_tasks
 from mtl_cli.tokenization import tokenize_tasks
 
 
-def evaluate_run(
+def evaluate_run(run: str, *args: Any, **kwargs: Any) -> dict:
+    """`_evaluate_run` while holding the run directory's lock (one writer per run: a run being trained,
+    resumed or evaluated by another process is refused before anything is read)."""
+    from mtl_cli.locks import run_lock
+    from mtl_cli.rundir import enclosing_run
+
+    if run == "latest":
+        run = str(find_latest_run(kwargs.get("runs_root", "runs")).path)
+    path = Path(run)
+    with run_lock(enclosing_run(path) or path, "evaluate"):  # a checkpoint inside a run locks the run
+        return _evaluate_run(run, *args, **kwargs)
+
+
+def _evaluate_run(
     run: str,
     split: str = "test",
     checkpoint: str = "best",
@@ -36,6 +52,7 @@ def evaluate_run(
     batch_size: int | None = None,
     runs_root: str = "runs",
     trust_remote_code: bool = False,
+    allow_changed_data: bool = False,
 ) -> dict:
     """Returns {task: {metric: value}, "average": {...}} and writes eval/<checkpoint>_<split>.{md,csv,json}."""
     if split not in ("test", "validation"):
@@ -66,6 +83,7 @@ def evaluate_run(
     for name, task in loaded.items():
         if task.labels != labels.get(name):
             raise MtlError(f"task '{name}' now has labels {task.labels}, the checkpoint has {labels.get(name)}")
+    changed = check_splits(state, loaded, split, ckpt, allow_changed_data)
     model, tokenizer = rebuild_model(ckpt, cfg, labels)  # every head, to match the weights
     model.to(device)
     data = tokenize_tasks(loaded, tokenizer)
@@ -79,13 +97,36 @@ def evaluate_run(
     clean = {task: {m: v for m, v in metrics.items() if m != "loss"} for task, metrics in results.items()}
     name = ckpt.name if out.path == ckpt else checkpoint
     print_table(rows, f"{ckpt} on {split}")
+    made = not out.eval_dir.exists()
+    md = out.eval_table(name, split)
+    header = f"`mtl eval` of {name} (step {state.get('step')}) on {split}, {datetime.now():%Y-%m-%d %H:%M:%S}.\n\n"
+    if changed:
+        header += (
+            f"**Not the run's {split} data**: that of {changed} changed since training (allow_changed_data=true).\n\n"
+        )
     try:
-        out.eval_dir.mkdir(exist_ok=True)
-        md = out.eval_table(name, split)
-        header = f"`mtl eval` of {name} (step {state.get('step')}) on {split}, {datetime.now():%Y-%m-%d %H:%M:%S}.\n\n"
-        write_table(md, rows, header)
-        write_json(md.with_suffix(".json"), clean)
-    except OSError as err:
-        raise MtlError(f"evaluated (table above) but could not write {out.eval_dir}: {err.strerror}") from None
+        # The three files all or nothing; a folder this evaluation made goes again with them.
+        with writing(out.eval_dir, *([out.eval_dir.rmdir] if made else [])):
+            out.eval_dir.mkdir(exist_ok=True)
+            write_table(md, rows, header, also={md.with_suffix(".json"): json_text(clean)})
+    except WriteError as err:
+        raise MtlError(f"evaluated (table above) but could not write {err.path} ({err.reason}); {err.fix}") from None
     print(f"wrote {md}")
     return clean
+
+
+def check_splits(state: dict, loaded: dict, split: str, ckpt: Path, allow: bool) -> list[str]:
+    """Refuse (or, with `allow`, warn) when a task's `split` is not the one the checkpoint recorded:
+    a grown train file re-carves validation/test, and a changed file holds other examples. A
+    checkpoint written before mtl recorded its splits is evaluated as it is. Returns the changed tasks."""
+    changed = changed_splits(state.get("split_fingerprints") if isinstance(state, dict) else None, loaded, split)
+    if not changed:
+        return []
+    what = f"the {split} split of task(s) {changed} is not the one {ckpt} was trained and scored with"
+    if not allow:
+        raise MtlError(
+            f"{what} (its data files changed since); restore the original files or point data_root=<folder> at "
+            f"them, or pass allow_changed_data=true to evaluate on the changed data anyway"
+        )
+    print(f"mtl: warning: {what}; allow_changed_data=true: these numbers are on the changed data", file=sys.stderr)
+    return changed

@@ -14,6 +14,8 @@ from mtl_cli.fingerprints import fingerprint
 
 def encode_class_labels(name: str, cfg: TaskConfig, raw: Any) -> tuple[Any, list[str]]:
     """Column `label` (raw values) -> ClassLabel ids, with the label names in id order."""
+    for split, ds in raw.items():
+        _check_float_labels(name, cfg, split, ds)
     labels = _label_names(name, cfg, raw)
     raw = _encode_labels(name, cfg, raw, labels)
     if len(set(raw["train"]["label"])) < 2:
@@ -21,6 +23,26 @@ def encode_class_labels(name: str, cfg: TaskConfig, raw: Any) -> tuple[Any, list
             f"task '{name}': the training split holds a single label; check task.{name}.label_column and the file's labels"
         )
     return raw, labels
+
+
+def _check_float_labels(name: str, cfg: TaskConfig, split: str, ds: Any) -> None:
+    """A label column read as decimal numbers: name the row whose value made it so.
+
+    One value such as `1.5` (or a NaN) turns a column of whole numbers into floats, and the label
+    names into `0.0`, `1.0`, ... Whole-number floats throughout (`1.0` in JSON) are kept as they are.
+    """
+    import math
+
+    feature = ds.features.get("label")
+    if getattr(feature, "dtype", None) not in ("float16", "float32", "float64", "double", "float"):
+        return
+    for row, value in enumerate(ds["label"]):
+        if value is None or not math.isfinite(value) or not float(value).is_integer():
+            raise MtlError(
+                f"task '{name}': the {split} labels (column '{cfg.label_column}') were read as decimal numbers "
+                f"because {split} row {row + 1} holds {value}; class labels are names or whole numbers: fix that row "
+                f"(or set task.{name}.type=regression for numeric targets)"
+            )
 
 
 def raw_to_name(cfg: TaskConfig, value: Any) -> str:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from mtl_cli.rundir import WriteError, write_fault, writing
 
 log = logging.getLogger("mtl")
 
@@ -24,9 +27,43 @@ def setup_logging(path: Path | None) -> None:
         h.close()
     log.addHandler(RichHandler(show_path=False, show_time=False, markup=False))
     if path is not None:
-        fh = logging.FileHandler(path, encoding="utf-8")
+        with writing(path):  # a read-only run directory: one line, not logging's traceback
+            fh = RunLog(path, encoding="utf-8")
         fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         log.addHandler(fh)
+
+
+class RunLog(logging.FileHandler):
+    """train.log. A record that cannot be written (a full disk) stops the file, and `check_log`
+    raises it as one line where the run can stop cleanly; logging's own answer would be a
+    traceback on stderr for every later record."""
+
+    failure: WriteError | None = None
+    broken = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.broken:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        err = sys.exc_info()[1]
+        fault = write_fault(err, Path(self.baseFilename)) if err is not None else None
+        if fault is None:  # not the disk: a bad log call, logging's own report
+            return super().handleError(record)
+        self.broken, self.failure = True, WriteError(Path(self.baseFilename), *fault)
+
+
+def check_log() -> None:
+    """Raise the WriteError of a train.log write that failed since the last check (once)."""
+    for handler in log.handlers:
+        if isinstance(handler, RunLog) and handler.failure is not None:
+            failure, handler.failure = handler.failure, None
+            log.removeHandler(handler)  # written no more; the terminal still gets the records
+            try:
+                handler.close()
+            except OSError:
+                pass  # what is buffered cannot be written either
+            raise failure
 
 
 class ProgressBar:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mtl_cli.errors import MtlError
+from mtl_cli.rundir import write_with
 
 
 def _read_validation_records(path: Path) -> list[dict[str, Any]]:
@@ -95,5 +96,5 @@ def training_curves(metrics_jsonl: Path, out_png: Path, main_metrics: dict[str, 
             ax.legend(handles, labels, loc="best", fontsize="small")
 
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=100)
+    write_with(out_png, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))  # whole, or one line
     return out_png

@@ -30,7 +30,17 @@ from typing import Any
 
 from mtl_cli import task_types
 from mtl_cli.errors import MtlError
-from mtl_cli.rundir import RunDir, write_json
+from mtl_cli.rundir import (
+    MAX_JSON_BYTES,
+    RunDir,
+    json_text,
+    read_json,
+    read_text,
+    read_yaml,
+    write_texts,
+    write_with,
+    writing,
+)
 from mtl_cli.tables import rows_to_markdown
 
 SPLITS = ("test", "validation")
@@ -84,27 +94,36 @@ def parse_overrides(overrides: list) -> dict[str, Any]:
 
 
 def _load_yaml(path: Path) -> Any:
-    import yaml
-
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as err:
+    try:  # the checked reader: bounded, and an alias bomb refused before it is expanded
+        return read_yaml(path)
+    except MtlError as err:
         return err
 
 
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
+        return read_json(path)
+    except MtlError as err:
         return err
+
+
+def _results_shape(results: Any) -> bool:
+    """{task: {metric: number or null}} with an "average": what mtl writes to results.json."""
+    return (
+        isinstance(results, dict)
+        and isinstance(results.get("average"), dict)
+        and all(
+            isinstance(metrics, dict) and all(v is None or type(v) in (int, float) for v in metrics.values())
+            for metrics in results.values()
+        )
+    )
 
 
 def _validation_results(run: Path) -> dict | str:
     """{task: {metric: value}, "average": {...}} from metrics.csv's `validation_<metric>` columns."""
-    try:
-        with open(RunDir(run).table.with_suffix(".csv"), encoding="utf-8", newline="") as f:
-            rows = list(csv.DictReader(f))
-    except OSError:
+    try:  # the checked reader: a plain file, bounded in size
+        rows = list(csv.DictReader(io.StringIO(read_text(RunDir(run).table.with_suffix(".csv"), MAX_JSON_BYTES))))
+    except (MtlError, csv.Error):
         return "no metrics.csv"
     out: dict[str, dict[str, float]] = {}
     for row in rows:
@@ -175,7 +194,7 @@ def build_report(folder: Path, split: str = "test") -> dict:
             skipped.append({"run": name, "reason": "no results.json (unfinished)"})
             continue
         results = _read_json(run_dir.results) if split == "test" else _validation_results(path)
-        if not isinstance(results, dict) or not isinstance(results.get("average"), dict):
+        if not _results_shape(results):  # a run directory may be anyone's: {task: {metric: number}}
             reason = results if isinstance(results, str) else "unreadable results.json"
             skipped.append({"run": name, "reason": f"{reason} ({split} split)"})
             continue
@@ -387,7 +406,7 @@ def plot(report: dict, path: Path) -> None:
         if i == 0 and len(groups) > 1:
             ax.legend(fontsize="small")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
 
 
 def write_report(folder: Path, report: dict) -> list[Path]:
@@ -400,10 +419,10 @@ def write_report(folder: Path, report: dict) -> list[Path]:
             break
         n += 1
     md, csv_path, js, png = (folder / f"{stem}{ext}" for ext in REPORT_EXTS)
-    md.write_text(to_markdown(report), encoding="utf-8")
-    csv_path.write_text(to_csv(report), encoding="utf-8")
-    write_json(js, report)
-    plot(report, png)
+    # All or nothing: a full disk or a read-only folder is one line and leaves no report half written.
+    with writing(md, md, csv_path, js, png):
+        write_texts({md: to_markdown(report), csv_path: to_csv(report), js: json_text(report)})
+        write_with(png, lambda tmp: plot(report, tmp))
     return [md, csv_path, js, png]
 
 

@@ -12,15 +12,16 @@ import re
 from pathlib import Path
 from typing import Any
 
-from mtl_cli.rundir import write_text
+from mtl_cli.rundir import write_texts
 
 SPLIT_NAMES = ("validation", "test")
 
 
-def write_table(md_path: Path, rows: list[dict], header: str = "") -> None:
-    """`md_path` (the header, then the table in Markdown) and the same rows as CSV beside it."""
-    write_text(md_path, header + rows_to_markdown(rows))
-    write_text(md_path.with_suffix(".csv"), rows_to_csv(rows))
+def write_table(md_path: Path, rows: list[dict], header: str = "", also: dict[Path, str] | None = None) -> None:
+    """`md_path` (the header, then the table in Markdown) and the same rows as CSV beside it, with
+    the files `also` names, all or nothing (a full disk leaves none of them half written)."""
+    md = {md_path: header + rows_to_markdown(rows), md_path.with_suffix(".csv"): rows_to_csv(rows)}
+    write_texts({**md, **(also or {})})
 
 
 def table_rows(results: dict[str, dict[str, dict[str, float]]], extra: dict[str, dict[str, Any]]) -> list[dict]:

@@ -9,7 +9,9 @@ with the same files reads Arrow tables instead of re-parsing.
 from __future__ import annotations
 
 import csv
+import errno
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -19,7 +21,7 @@ from mtl_cli import task_types
 from mtl_cli.config import SPLITS, MtlConfig, TaskConfig
 from mtl_cli.conll import load_conll
 from mtl_cli.errors import MtlError, first_line
-from mtl_cli.fingerprints import fingerprint
+from mtl_cli.fingerprints import content_config_name, file_digest, fingerprint
 from mtl_cli.hub import hub_offline_mode, hub_reachable
 
 _BUILDERS = {"csv": "csv", "tsv": "csv", "json": "json", "jsonl": "json", "parquet": "parquet", "text": "text"}
@@ -89,13 +91,7 @@ def _load_local(name: str, cfg: TaskConfig, data_root: str | None):
     files: dict[str, str] = {}
     for split, rel in cfg.files.items():
         path = resolve_path(rel, cfg, data_root)
-        if not path.is_file():
-            hint = (
-                "pass data_root=<folder> (or export MTL_DATA_ROOT)"
-                if not (cfg.data_dir or data_root or Path(rel).is_absolute())
-                else f"check data_root or set task.{name}.files.{split}"
-            )
-            raise MtlError(f"task '{name}': {split} file not found: {path}; {hint}")
+        _check_data_file(name, split, path, rel, cfg, data_root)
         if not os.access(path, os.R_OK):
             raise MtlError(f"task '{name}': {split} file is not readable: {path}; fix its permissions")
         if cfg.format != "parquet" and not _has_examples(
@@ -126,10 +122,14 @@ def _load_local(name: str, cfg: TaskConfig, data_root: str | None):
             kwargs["column_names"] = list(cfg.column_names)
     try:
         # One call per split: column types are inferred per file, so a validation file with 3.5
-        # next to an all-integer train file is not forced into integers.
+        # next to an all-integer train file is not forced into integers. `datasets` keys its cache
+        # on a file's path, size and modification time; the config name adds the file's content
+        # hash, so a file replaced by another of the same size and time is parsed again.
         return datasets.DatasetDict(
             {
-                split: datasets.load_dataset(_BUILDERS[cfg.format], data_files={split: path}, **kwargs)[split]
+                split: datasets.load_dataset(
+                    _BUILDERS[cfg.format], content_config_name(file_digest(path)), data_files={split: path}, **kwargs
+                )[split]
                 for split, path in files.items()
             }
         )
@@ -145,6 +145,44 @@ def _load_local(name: str, cfg: TaskConfig, data_root: str | None):
             f"task '{name}': could not read its {cfg.format} files ({first}); check `task.{name}.format`, "
             f"`.delimiter`, `.header` and `.quoting`"
         ) from None
+
+
+def _check_data_file(name: str, split: str, path: Path, rel: str, cfg: TaskConfig, data_root: str | None) -> None:
+    """A data path that is not a readable regular file, named by what it really is."""
+    at = f"task.{name}.files.{split}"
+    try:
+        st = os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise MtlError(
+                f"task '{name}': {split} file {path} is a symbolic link loop; fix the link or set {at}"
+            ) from None
+        if err.errno == errno.EACCES:
+            raise MtlError(
+                f"task '{name}': {split} file {path} cannot be reached (permission denied on a folder above it); "
+                "fix the folders' permissions"
+            ) from None
+        if err.errno == errno.ENOTDIR:
+            raise MtlError(
+                f"task '{name}': {split} file {path}: a part of that path is a file, not a folder; set {at}"
+            ) from None
+        if os.path.islink(path):
+            raise MtlError(
+                f"task '{name}': {split} file {path} is a broken symbolic link (to {os.readlink(path)}); fix it or set {at}"
+            ) from None
+        hint = (
+            "pass data_root=<folder> (or export MTL_DATA_ROOT)"
+            if not (cfg.data_dir or data_root or Path(rel).is_absolute())
+            else f"check data_root or set {at}"
+        )
+        raise MtlError(f"task '{name}': {split} file not found: {path}; {hint}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise MtlError(f"task '{name}': {split} file {path} is a directory, not a file; set {at} to a file in it")
+    if not stat.S_ISREG(st.st_mode):
+        raise MtlError(
+            f"task '{name}': {split} file {path} is not a regular file (a pipe, socket or device); "
+            f"copy the data into a file and set {at}"
+        )
 
 
 def _has_examples(path: Path, skip: int) -> bool:
@@ -206,6 +244,9 @@ def _select_columns(name: str, roles: dict[str, str], raw):
                     f"task '{name}': the {split} data has no column '{column}' (columns: {ds.column_names}); "
                     f"set task.{name}.{role}_column=<column> or task.{name}.column_names=[...]"
                 )
+        for role in ("text", "text_pair", "tokens"):
+            if role in roles:
+                _check_text_column(name, split, role, roles[role], ds)
         ds = ds.select_columns(list(roles.values()))
         out[split] = (
             ds.rename_columns({c: r for r, c in roles.items() if c != r})
@@ -213,6 +254,51 @@ def _select_columns(name: str, roles: dict[str, str], raw):
             else ds
         )
     return datasets.DatasetDict(out)
+
+
+def _check_text_column(name: str, split: str, role: str, column: str, ds) -> None:
+    """Texts must be strings (tokens: lists of strings): a parquet or JSON file may hold numbers or lists."""
+    import datasets
+
+    feature = ds.features[column]
+    if role == "tokens":
+        inner = getattr(feature, "feature", None)
+        ok = isinstance(feature, datasets.Sequence | datasets.LargeList | list) and _is_text(inner)
+        if isinstance(feature, list):
+            ok = len(feature) == 1 and _is_text(feature[0])
+        wanted, fix = "lists of words (strings)", f"set task.{name}.tokens_column to the column of word lists"
+    else:
+        ok = _is_text(feature)
+        wanted, fix = "strings", f"set task.{name}.{role}_column to the column that holds the texts"
+    if not ok:
+        raise MtlError(
+            f"task '{name}': column '{column}' of the {split} data holds {_describe_feature(feature)}, not {wanted}; "
+            f"{fix}, or store the values as strings"
+        )
+
+
+def _is_text(feature) -> bool:
+    import datasets
+
+    return isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string", "null")
+
+
+def _describe_feature(feature) -> str:
+    import datasets
+
+    if isinstance(feature, datasets.Value):
+        if _is_text(feature):
+            return "strings"
+        kind = "numbers" if feature.dtype.startswith(("int", "uint", "float", "double", "decimal")) else "values"
+        return f"{kind} ({feature.dtype})"
+    if isinstance(feature, datasets.ClassLabel):
+        return "class ids"
+    if isinstance(feature, datasets.Sequence | datasets.LargeList | list):
+        inner = feature[0] if isinstance(feature, list) and feature else getattr(feature, "feature", None)
+        return f"lists of {_describe_feature(inner) if inner is not None else 'values'}"
+    if isinstance(feature, dict):
+        return "records (nested fields)"
+    return type(feature).__name__
 
 
 def _clean_texts(name: str, raw):
@@ -260,6 +346,12 @@ def _complete_splits(name: str, cfg: TaskConfig, raw):
             parts = train.train_test_split(test_size=count, seed=cfg.split_seed)
         train, out[split] = parts["train"], parts["test"]
     # Capped after carving, so capped and uncapped runs are scored on the same held-out examples.
+    for key in ("max_train_examples", "max_eval_examples"):
+        cap = getattr(cfg, key)
+        if cap is not None and cap < 1:
+            raise MtlError(
+                f"task '{name}': `task.{name}.{key}={cap}` would leave a split empty; set it to 1 or more, or null"
+            )
     if cfg.max_train_examples:
         train = train.shuffle(seed=cfg.split_seed).select(range(min(cfg.max_train_examples, len(train))))
     out["train"] = train

@@ -33,6 +33,7 @@ from mtl_cli.checkpoints import (
     TRAINING_STATE,
     base_reference,
     check_checkpoint_origin,
+    checkpoint_step,
     config_digest,
     find_checkpoint,
     has_checkpoint,
@@ -48,13 +49,26 @@ from mtl_cli.device import bf16_supported, physical_cores, setup_torch, use_bf16
 from mtl_cli.encoders import load_encoder
 from mtl_cli.errors import MtlError, first_line
 from mtl_cli.evaluate import Evaluation, Evaluator, final_results, write_interrupted_table
-from mtl_cli.fingerprints import data_fingerprint
-from mtl_cli.interrupts import StopRequest
-from mtl_cli.logs import progress_bar, setup_logging
+from mtl_cli.fingerprints import changed_tasks, data_fingerprint, split_fingerprints
+from mtl_cli.interrupts import StopRequest, exit_code, signal_name
+from mtl_cli.locks import run_lock
+from mtl_cli.logs import check_log, progress_bar, setup_logging
 from mtl_cli.mixing import TaskSampler, build_sampler
 from mtl_cli.model import MultiTaskModel, build_model
 from mtl_cli.optim import build_optimizer
-from mtl_cli.rundir import RunDir, append_jsonl, claim_run_dir, load_run_config, new_run_dir, trim_jsonl, write_json
+from mtl_cli.rundir import (
+    RunDir,
+    WriteError,
+    append_jsonl,
+    check_run_dir_path,
+    check_writable,
+    claim,
+    load_run_config,
+    new_run_dir,
+    trim_jsonl,
+    write_json,
+    write_text,
+)
 from mtl_cli.state import TrainState
 from mtl_cli.steps import train_step
 from mtl_cli.tasks import Task, absolute_paths, load_tasks
@@ -81,6 +95,8 @@ class Setup:
     total_steps: int
     eval_every: int
     data_fingerprint: dict[str, str]
+    model: MultiTaskModel  # built here, so that the sharing scheme's limits are checked before any folder
+    split_fingerprints: dict[str, dict[str, str]] | None = None  # task -> split -> hash of its examples
 
 
 @dataclass
@@ -116,13 +132,31 @@ def train(cfg: DictConfig | MtlConfig, run_dir: Path | None = None, overrides: l
     Nothing is written there until the data and the encoder have loaded without error.
     """
     typed = absolute_paths(to_typed(cfg) if isinstance(cfg, DictConfig) else cfg)
+    if run_dir is not None:
+        check_run_dir_path(run_dir)  # not inside another run, a name the filesystem takes: before any loading
     setup_logging(None)
     setup = prepare(typed)
     base = run_dir or new_run_dir(typed.runs_root, task_names_label(typed.task))
-    run = claim_run_dir(base, OmegaConf.to_yaml(OmegaConf.structured(typed)))
-    run.overrides.write_text(OmegaConf.to_yaml(OmegaConf.create(list(overrides or []))), encoding="utf-8")
-    parts = build(setup, run)
-    return run_to_end(parts, setup, new_state(parts, setup))
+    claimed = claim(base, OmegaConf.to_yaml(OmegaConf.structured(typed)))  # and locked while this process runs
+    state: TrainState | None = None
+    try:
+        run = claimed.run
+        write_text(run.overrides, OmegaConf.to_yaml(OmegaConf.create(list(overrides or []))))
+        parts = build(setup, run)
+        state = new_state(parts, setup)
+        return run_to_end(parts, setup, state)
+    except BaseException as err:
+        if state is not None and state.step > 0:
+            raise
+        # Nothing was trained: the folder this process claimed goes (an earlier run's never).
+        setup_logging(None)
+        claimed.discard()
+        if isinstance(err, MtlError) and err.exit_code > 128:  # a signal before the first step: nothing to resume
+            name = signal_name(err.exit_code - 128)
+            raise MtlError(f"{name}: stopped before training started; nothing was saved", err.exit_code) from None
+        raise
+    finally:
+        claimed.release()
 
 
 def resume(run_dir: Path, trust_remote_code: bool = False) -> dict:
@@ -132,10 +166,17 @@ def resume(run_dir: Path, trust_remote_code: bool = False) -> dict:
     all continue from the checkpoint, so on CPU the run ends exactly as an uninterrupted one
     would. A run killed before its first checkpoint starts again from step 0.
     """
-    run = RunDir(Path(run_dir))
+    with run_lock(Path(run_dir), "resume"):  # one writer per run: before anything is read or written
+        return _resume(RunDir(Path(run_dir)), trust_remote_code)
+
+
+def _resume(run: RunDir, trust_remote_code: bool) -> dict:
     cfg = load_run_config(run.path, trust_remote_code)
     if run.results.is_file():
         raise MtlError(f"{run} has finished (results.json exists); nothing to resume. Evaluate it with mtl eval")
+    for folder in (run.path, run.checkpoints):  # a read-only or full disk: refused before anything loads
+        if folder.is_dir():
+            check_writable(folder, f", then continue with: mtl train resume={run}")
     ckpt = find_checkpoint(run, "last") if has_checkpoint(run, "last") else None
     if ckpt is not None:
         check_checkpoint_origin(run.config, ckpt, cfg)
@@ -164,6 +205,7 @@ def prepare(cfg: MtlConfig) -> Setup:
     data_report = check_tasks(tasks, full=False)  # duplicates and leakage: cheap, hashes only
     torch.manual_seed(cfg.seed)  # a random-init encoder draws its weights here
     encoder, tokenizer = load_encoder(cfg.encoder)
+    check_positions(cfg, encoder)
     add_task_markers(tokenizer, encoder, [n for n, tc in cfg.task.items() if tc.task_marker == "prefix"])
     data = tokenize_tasks(tasks, tokenizer)
     sizes = {name: len(d["input_ids"]) for name, d in data["train"].items()}
@@ -178,7 +220,38 @@ def prepare(cfg: MtlConfig) -> Setup:
         cfg, device, tasks, data_report, encoder, tokenizer, data, sampler,
         method.build(cfg.loss_weighting, list(sizes), steps_per_epoch), steps_per_epoch, total_steps,
         min(t.eval_every or steps_per_epoch, total_steps), data_fingerprint(data["train"]),
+        built_model(cfg, encoder, tasks), split_fingerprints=split_fingerprints(tasks),
     )  # fmt: skip
+
+
+def built_model(cfg: MtlConfig, encoder: Any, tasks: dict[str, Task]) -> MultiTaskModel:
+    """The model, built before any run folder exists: what the sharing scheme refuses (more shared
+    layers than the encoder has, adapters with no module to attach to) stops the run here."""
+    torch.manual_seed(cfg.seed)  # the heads' (and private layers') initial weights
+    return build_model(encoder, cfg.task, {n: tk.labels for n, tk in tasks.items()}, cfg.sharing)
+
+
+# Encoders whose position ids start after the padding index (RoBERTa's `padding_idx + 1`).
+OFFSET_POSITIONS = ("roberta", "camembert", "longformer", "mpnet", "ibert", "data2vec-text", "luke")
+
+
+def check_positions(cfg: MtlConfig, encoder: Any) -> None:
+    """A task's `max_length` within the encoder's learned position embeddings, checked before training
+    (a longer example would otherwise fail at the first evaluation)."""
+    config = encoder.config
+    limit = getattr(config, "max_position_embeddings", None)
+    absolute = getattr(config, "position_embedding_type", "absolute") in (None, "absolute")
+    if not isinstance(limit, int) or limit <= 0 or not absolute or not getattr(config, "position_biased_input", True):
+        return  # relative or rotary positions: no fixed limit
+    kind = str(getattr(config, "model_type", "") or "")
+    if any(k in kind for k in OFFSET_POSITIONS):
+        limit -= int(getattr(config, "pad_token_id", 1) or 1) + 1
+    for name, task in cfg.task.items():
+        if task.max_length > limit:
+            raise MtlError(
+                f"`task.{name}.max_length={task.max_length}` is more than the {limit} positions the encoder "
+                f"({kind or type(encoder).__name__}) has; set task.{name}.max_length={limit} or less"
+            )
 
 
 def build(s: Setup, run: RunDir, resumed: bool = False) -> Parts:
@@ -196,8 +269,7 @@ def build(s: Setup, run: RunDir, resumed: bool = False) -> Parts:
     for warning in report_warnings(s.data_report):
         log.warning("data check: %s (details: mtl data check, or data_check.json)", warning)
     labels = {n: tk.labels for n, tk in s.tasks.items()}
-    torch.manual_seed(cfg.seed)
-    model = build_model(s.encoder, cfg.task, labels, cfg.sharing).to(s.device)
+    model = s.model.to(s.device)  # built by prepare, seeded as before
     counts = model.parameter_counts()
     write_json(run.parameters, {"sharing": cfg.sharing.name, **counts})
     log.info("sharing=%s parameters: %s", cfg.sharing.name, counts)
@@ -255,6 +327,7 @@ def new_state(parts: Parts, s: Setup) -> TrainState:
         examples_seen=dict.fromkeys(parts.batches, 0),
         active=list(parts.batches),
         data_fingerprint=s.data_fingerprint,
+        split_fingerprints=s.split_fingerprints or {},
         encoder=asdict(parts.cfg.encoder),
         config_sha256=config_digest(parts.run.config),
     )
@@ -263,13 +336,27 @@ def new_state(parts: Parts, s: Setup) -> TrainState:
 def new_state_from(ckpt: Path, s: Setup) -> TrainState:
     """The checkpoint's state, refused if the training data changed since it was saved."""
     state = TrainState.from_json(read_checkpoint_state(ckpt)[1])
-    saved = state.data_fingerprint or s.data_fingerprint
-    changed = sorted(t for t in set(saved) | set(s.data_fingerprint) if saved.get(t) != s.data_fingerprint.get(t))
+    # Every column of the tokenized training data: texts, labels, tags (a checkpoint written before
+    # labels were hashed is compared on its input_ids).
+    changed = changed_tasks(state.data_fingerprint or s.data_fingerprint, s.data_fingerprint, s.data["train"])
     if changed:
         raise MtlError(
             f"the training data of task(s) {changed} changed since {ckpt} was saved; a resume needs the same "
             "data and tokenizer: restore the files, or start a new run"
         )
+    now = s.split_fingerprints or {}
+    saved = state.split_fingerprints if isinstance(state.split_fingerprints, dict) else {}
+    moved = [
+        f"{task}/{split}"
+        for task, splits in now.items()
+        if isinstance(saved.get(task), dict)
+        for split in ("validation", "test")
+        if saved[task].get(split, splits[split]) != splits[split]
+    ]
+    if moved:
+        log.warning("the %s data changed since %s was saved; the resumed run evaluates on the new data", moved, ckpt)
+    # From here on the checkpoints record the data this process trains and evaluates on.
+    state.data_fingerprint, state.split_fingerprints = s.data_fingerprint, now
     return state
 
 
@@ -282,39 +369,60 @@ def restore(parts: Parts, state: TrainState, ckpt: Path) -> None:
     parts.sampler.load_state_dict(state.sampler)
     if state.active and set(state.active) != set(parts.batches):
         parts.sampler.set_active(state.active)
+    if state.trunk and hasattr(parts.model.trunk, "load_running_state"):
+        parts.model.trunk.load_running_state(state.trunk)
 
 
 def run_to_end(parts: Parts, s: Setup, state: TrainState) -> dict:
     """Train to the end of the budget (or an early stop), then score the best checkpoint(s).
 
-    SIGINT/SIGTERM save a checkpoint and stop with the command that continues the run.
+    SIGINT/SIGTERM save a checkpoint and stop with the command that continues the run; outside
+    the loop (saving after a stop, the final scoring) a signal stops at once. A write that fails
+    (a full disk) stops with one line and the same command.
     """
     callbacks = build_callbacks(parts)
     for cb in callbacks:
         if cb.name and cb.name in state.callbacks:
             cb.load_state_dict(state.callbacks[cb.name])
+    scoring = False
     try:
-        with StopRequest() as signals:
-            stop = fit(parts, state, callbacks, signals)
-        if signals.signum is not None:
-            interrupted(parts, state, callbacks, signals.signum)
-        if stop is not None and stop.error:
-            raise MtlError(stop.reason)
-        if stop is not None:
-            log.info(stop.reason)
-        stopping = next((cb for cb in callbacks if isinstance(cb, EarlyStopping)), None)
-        out = final_results(parts, state, stopping)
-        for cb in callbacks:
-            cb.on_finish(parts, state)
-        timing = next(cb for cb in callbacks if isinstance(cb, Timing)).write(parts)
-        log.info("done: %s", parts.run)
-        return {**out, "timing": timing}
-    except KeyboardInterrupt:
-        log.error("stopped at once at step %d, without saving", state.step)
+        with StopRequest(at_once=True):  # also when train() is called without the CLI
+            with StopRequest() as signals:
+                stop = fit(parts, state, callbacks, signals)
+            if signals.signum is not None:
+                interrupted(parts, state, callbacks, signals.signum)
+            if stop is not None and stop.error:
+                raise MtlError(stop.reason)
+            if stop is not None:
+                log.info(stop.reason)
+            check_log()
+            scoring = True
+            stopping = next((cb for cb in callbacks if isinstance(cb, EarlyStopping)), None)
+            out = final_results(parts, state, stopping)
+            for cb in callbacks:
+                cb.on_finish(parts, state)
+            timing = next(cb for cb in callbacks if isinstance(cb, Timing)).write(parts)
+            log.info("done: %s", parts.run)
+            return {**out, "timing": timing}
+    except WriteError as err:
+        log.error("run failed at step %d: %s", state.step, err)
+        if parts.run.results.is_file():  # what failed came after the results: nothing to resume
+            raise MtlError(f"{err}; the run itself finished ({parts.run.results} is written)") from None
+        raise err.then(f"mtl train resume={parts.run}") from None
+    except KeyboardInterrupt as err:  # a second signal, or one outside the loop: at once, no save
+        name = signal_name(err)
+        if scoring:
+            log.error("%s during the final scoring: stopped; results.json not written", name)
+            raise MtlError(
+                f"{name}: stopped during the final scoring, after training; the checkpoints are saved, results.json "
+                f"is not written: finish with: mtl train resume={parts.run}",
+                exit_code=exit_code(err),
+            ) from None
+        log.error("%s: stopped at once at step %d, without saving", name, state.step)
         raise MtlError(
-            f"stopped at once at step {state.step} without saving; continue from the last checkpoint with: "
+            f"{name}: stopped at once at step {state.step} without saving; continue from the last checkpoint with: "
             f"mtl train resume={parts.run}",
-            exit_code=130,
+            exit_code=exit_code(err),
         ) from None
     except BaseException as err:
         log.error("run failed at step %d: %s", state.step, first_line(err))
@@ -344,13 +452,18 @@ def fit(parts: Parts, state: TrainState, callbacks: list[Callback], signals: Sto
                 if stop is not None:
                     return stop
             bar.advance(state, step)
+            check_log()  # train.log on a full disk: stop here, one line, before a checkpoint is due
             if state.step % parts.eval_every == 0 or state.step == parts.total_steps:
                 stop = evaluate_and_save(parts, state, callbacks)
                 if stop is not None:
                     return stop
             elif t.save_every and state.step % t.save_every == 0:
                 save_last(parts, state, callbacks)
-            if signals.requested:
+            if signals.signum is not None:  # said here, not in the handler: a handler's print can cut into other output
+                log.warning(
+                    "%s received: stopping after step %d and saving a checkpoint (interrupt again to stop at once, "
+                    "without saving)", signal_name(signals.signum), state.step,
+                )  # fmt: skip
                 return Stop("interrupted")
     return None
 
@@ -407,6 +520,8 @@ def snapshot(parts: Parts, state: TrainState, callbacks: list[Callback]) -> dict
     state.sampler = parts.sampler.state_dict()
     state.task_weights = {t: float(w) for t, w in parts.weighting.weights().items()}
     state.callbacks = {cb.name: cb.state_dict() for cb in callbacks if cb.name}
+    running = getattr(parts.model.trunk, "running_state", None)  # MMoE's gate sums since the last evaluation
+    state.trunk = running() if running is not None else {}
     return state.to_json()
 
 
@@ -424,12 +539,11 @@ def save_last(parts: Parts, state: TrainState, callbacks: list[Callback]) -> Non
 
 def interrupted(parts: Parts, state: TrainState, callbacks: list[Callback], signum: int) -> NoReturn:
     """Save `last` and the metrics so far, then stop with the command that continues the run."""
-    import signal
-
-    save_last(parts, state, callbacks)
+    if checkpoint_step(parts.run.checkpoint("last")) != state.step:  # not saved by this step already
+        save_last(parts, state, callbacks)
     if state.validation is not None:
         write_interrupted_table(parts, state)
-    name = signal.Signals(signum).name
+    name = signal_name(signum)
     log.warning("%s: stopped at step %d; checkpoint saved", name, state.step)
     raise MtlError(
         f"{name}: stopped at step {state.step}, checkpoint saved; continue with: mtl train resume={parts.run}",

@@ -25,8 +25,10 @@ from mtl_cli import task_types
 from mtl_cli.checkpoints import find_checkpoint, read_checkpoint_state
 from mtl_cli.config import MtlConfig, task_names_label
 from mtl_cli.errors import MtlError
-from mtl_cli.rundir import RunDir, read_jsonl, write_json, write_text
+from mtl_cli.fingerprints import file_digest
+from mtl_cli.rundir import RunDir, read_json, read_jsonl, write_json, write_text, write_with
 from mtl_cli.tables import rows_to_csv, rows_to_markdown
+from mtl_cli.tasks import resolve_path
 from mtl_cli.train import train
 
 ALPHA = 0.05  # Welch's t-test level for calling a difference significant
@@ -57,7 +59,20 @@ def cache_key(cfg: MtlConfig) -> str:
     settings: Any = OmegaConf.to_container(OmegaConf.structured(cfg))
     settings.pop("runs_root", None)
     settings["trainer"].pop("progress", None)
+    settings["data_sha256"] = data_digests(cfg)
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def data_digests(cfg: MtlConfig) -> dict[str, dict[str, str]]:
+    """task -> split -> sha256 of its local file: the data's content enters the baseline's key, not
+    only its paths, so a baseline cached on other data is not reused."""
+    out: dict[str, dict[str, str]] = {}
+    for name, tc in cfg.task.items():
+        if tc.source == "hub":
+            continue
+        paths = {split: resolve_path(rel, tc, cfg.data_root) for split, rel in tc.files.items()}
+        out[name] = {split: file_digest(path) for split, path in paths.items() if path.is_file()}
+    return out
 
 
 def cached_run(root: Path, key: str) -> RunDir | None:
@@ -85,7 +100,7 @@ def run_transfer(cfg: MtlConfig, seeds: list[int], overrides: list[str] | None =
         multi = train(multi_cfg, run_dir=out / f"multi_seed{seed}", overrides=overrides)
         run = RunDir(Path(multi["run_dir"]))
         state = read_checkpoint_state(find_checkpoint(run, "last"))[1]
-        evals = len({rec["step"] for rec in read_jsonl(run.metrics)})
+        evals = len({rec["step"] for rec in read_jsonl(run.metrics) if type(rec.get("step")) is int})
         record["multi"][seed] = {"run_dir": multi["run_dir"], "results": multi["results"]}
         for task in cfg.task:
             single_cfg = baseline_config(cfg, task, state["examples_seen"][task], evals, seed)
@@ -94,7 +109,7 @@ def run_transfer(cfg: MtlConfig, seeds: list[int], overrides: list[str] | None =
             reused = baseline is not None
             if baseline is None:
                 baseline = RunDir(Path(train(single_cfg, run_dir=baselines_root / key)["run_dir"]))
-            results = json.loads(baseline.results.read_text())
+            results = read_json(baseline.results)  # the checked reader: a cached run may be anyone's
             record["single"].setdefault(task, {})[seed] = {
                 "run_dir": str(baseline),
                 "reused": reused,
@@ -188,7 +203,7 @@ def bar_chart(report: dict, path: Path) -> None:
     ax.set_title("single- vs multi-task (* significant)")
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    write_with(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))  # whole, or one line
     plt.close(fig)
 
 

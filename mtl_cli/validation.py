@@ -5,15 +5,24 @@ choice. What is left is checked here, before any data or weights are loaded: ran
 that span several fields, and plugin names and abilities. Plugin names are looked up in each
 family's own registry (through its `get()`), and what a plugin can do is read from flags on the
 plugin module, so a plugin added by the README's steps is accepted without editing this file.
+Every number is checked first, whatever its key (`validate_numbers`: floats finite, integers
+within 64 bits, seeds within numpy's 32 bits, a thread count), since a NaN passes every range
+check (`nan <= 0` is false); `trainer.device` must name a device this machine has.
 Every message is one line naming the override to change.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import os
+from typing import Any
+
 from omegaconf import DictConfig, OmegaConf
 
 from mtl_cli import loss_weighting, mixing, sharing, task_types
 from mtl_cli.config import ENCODING_ERRORS, SPLITS, MtlConfig, Source
+from mtl_cli.device import check_device
 from mtl_cli.errors import MtlError, first_line
 
 
@@ -47,11 +56,59 @@ def validate(cfg: MtlConfig) -> None:
     """Checks the schema cannot express; each message names the override to change."""
     if not cfg.task:
         raise MtlError("no task selected: pass task=<name>[+<name>...] (list them with `mtl tasks`)")
+    validate_numbers(cfg)
     validate_tasks(cfg)
     validate_sharing(cfg)
     mixing.check_config(cfg.mixing, list(cfg.task))
     validate_loss_weighting(cfg)
     validate_trainer(cfg)
+
+
+# Seeds reach numpy (datasets' split shuffles, the task sampler), which takes 0 <= seed < 2**32.
+SEED_MAX = 2**32 - 1
+# Every integer setting ends up in torch or numpy as a 64-bit integer.
+INT_MAX = 2**63 - 1
+THREADS_MAX = 1024
+
+
+def validate_numbers(cfg: MtlConfig) -> None:
+    """Every number of the typed config, whatever its key: floats finite, integers within 64 bits.
+
+    One walk over the dataclasses (tasks, trainer, mixing, loss_weighting, sharing, encoder and
+    their dicts and lists), so a float setting added later is covered too: `nan <= 0` is false,
+    so without this a NaN would pass every range check below.
+    """
+    for key, value in _numbers(cfg, ""):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise MtlError(f"`{key}` must be a finite number; got {value}: set {key}=<number>")
+        if isinstance(value, int) and not -INT_MAX <= value <= INT_MAX:
+            raise MtlError(f"`{key}` is out of range ({value}); use a value below 2**63")
+    seeds = {"seed": cfg.seed, **{f"task.{n}.split_seed": t.split_seed for n, t in cfg.task.items()}}
+    for key, seed in seeds.items():
+        if not 0 <= seed <= SEED_MAX:
+            raise MtlError(f"`{key}` must be between 0 and {SEED_MAX} (2**32 - 1); got {seed}")
+    # A fixed bound, not this machine's CPU count: a run's config.yaml is evaluated and resumed elsewhere.
+    threads = cfg.trainer.threads
+    if threads is not None and not 1 <= threads <= THREADS_MAX:
+        raise MtlError(
+            f"`trainer.threads` must be between 1 and {THREADS_MAX} or null (one per physical core: "
+            f"{os.cpu_count() or 1} CPUs here); got {threads}"
+        )
+
+
+def _numbers(node: Any, at: str) -> Any:
+    """(dotted key, value) for every int and float under a config dataclass (bools are not numbers)."""
+    if dataclasses.is_dataclass(node):
+        for f in dataclasses.fields(node):
+            yield from _numbers(getattr(node, f.name), f"{at}.{f.name}" if at else f.name)
+    elif isinstance(node, dict):
+        for k, v in node.items():
+            yield from _numbers(v, f"{at}.{k}")
+    elif isinstance(node, list | tuple):
+        for i, v in enumerate(node):
+            yield from _numbers(v, f"{at}[{i}]")
+    elif isinstance(node, int | float) and not isinstance(node, bool):
+        yield at, node
 
 
 def validate_tasks(cfg: MtlConfig) -> None:
@@ -83,6 +140,13 @@ def validate_tasks(cfg: MtlConfig) -> None:
             raise MtlError(f"`{at}.head_tokens` must be between 1 and max_length - 3; got {task.head_tokens}")
         if not 0 < task.mlm_probability < 1:
             raise MtlError(f"`{at}.mlm_probability` must be in (0, 1); got {task.mlm_probability}")
+        for key in ("max_train_examples", "max_eval_examples"):
+            value = getattr(task, key)
+            if value is not None and value < 1:
+                split = "training split" if key == "max_train_examples" else "validation and test splits"
+                raise MtlError(
+                    f"`{at}.{key}` must be at least 1 or null (no cap); got {value}, which would leave the {split} empty"
+                )
         if task.labels is not None and len(set(task.labels)) < 2:
             raise MtlError(f"`{at}.labels` needs at least two distinct labels; got {task.labels}")
 
@@ -92,6 +156,10 @@ def validate_sharing(cfg: MtlConfig) -> None:
     sharing.get(sh.name)
     if not 0 <= sh.head_dropout < 1:
         raise MtlError(f"`sharing.head_dropout` must be in [0, 1); got {sh.head_dropout}")
+    if not 0 <= sh.lora_dropout < 1:
+        raise MtlError(f"`sharing.lora_dropout` must be in [0, 1); got {sh.lora_dropout}")
+    if sh.lora_alpha <= 0:
+        raise MtlError(f"`sharing.lora_alpha` must be positive; got {sh.lora_alpha}")
     if sh.shared_layers < 0 or sh.lora_r <= 0 or sh.num_experts <= 0 or sh.expert_hidden <= 0:
         raise MtlError(
             "`sharing.shared_layers` must be >= 0 and `sharing.lora_r`, `.num_experts`, `.expert_hidden` positive"
@@ -116,6 +184,8 @@ def validate_loss_weighting(cfg: MtlConfig) -> None:
         raise MtlError(f"`loss_weighting.weights` names unknown task(s) {sorted(unknown)}; tasks: {list(cfg.task)}")
     if any(w < 0 for w in lw.weights.values()) or lw.temperature <= 0 or lw.c < 0 or lw.weight_lr <= 0:
         raise MtlError("`loss_weighting.weights` must be >= 0, `.temperature` and `.weight_lr` > 0, `.c` >= 0")
+    if lw.collapse_threshold < 0:
+        raise MtlError(f"`loss_weighting.collapse_threshold` must be >= 0; got {lw.collapse_threshold}")
 
 
 def validate_trainer(cfg: MtlConfig) -> None:
@@ -144,6 +214,9 @@ def validate_trainer(cfg: MtlConfig) -> None:
         raise MtlError(f"`trainer.length_grouping` must be >= 0 (0: off); got {t.length_grouping}")
     if t.early_stopping_patience is not None and t.early_stopping_patience < 1:
         raise MtlError(f"`trainer.early_stopping_patience` must be >= 1 or null; got {t.early_stopping_patience}")
+    if t.early_stopping_min_delta < 0:
+        raise MtlError(f"`trainer.early_stopping_min_delta` must be >= 0; got {t.early_stopping_min_delta}")
+    check_device(t.device)
     known = best_metric_names(cfg)
     if t.best_metric != "main" and t.best_metric not in known:
         raise MtlError(

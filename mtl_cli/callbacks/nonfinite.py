@@ -8,6 +8,7 @@ from typing import Any
 
 from mtl_cli.callbacks import Callback, Stop
 from mtl_cli.checkpoints import dump_nonfinite
+from mtl_cli.rundir import WriteError
 
 log = logging.getLogger("mtl")
 
@@ -29,9 +30,14 @@ class NonfiniteGuard(Callback):
             return None
         folder = parts.run.debug(state.step)
         # No update was applied: the saved weights are those the failing forward pass used.
-        dump_nonfinite(folder, parts.model, step.batches, {"step": state.step, "problem": step.problem, "lr": step.lr})
+        info = {"step": state.step, "problem": step.problem, "lr": step.lr}
+        try:
+            dump_nonfinite(folder, parts.model, step.batches, info)
+            saved = f"the batch and weights are in {folder}"
+        except WriteError as err:  # the loss is the news; the disk is the second one
+            saved = f"its batch and weights could not be saved to {folder} ({err.reason}: {err.fix})"
         return Stop(
-            f"{step.problem} at step {state.step}; the batch and weights are in {folder}. Lower trainer.lr, check the "
+            f"{step.problem} at step {state.step}; {saved}. Lower trainer.lr, check the "
             "task's labels, or set trainer.nonfinite=skip; resume from the last checkpoint with "
             f"mtl train resume={parts.run}",
             error=True,

@@ -8,6 +8,11 @@ softmax: one mixture per example, the same for all of its tokens. A task's hidde
     encoder_output + sum_k gate_k * expert_k(encoder_output)
 
 Shared: the encoder and the experts. Per task: its gate.
+
+The gate statistics (`gate_summary`: sums since the last evaluation) are part of where training
+stands: `running_state` goes into every checkpoint's trainer_state.json (`trunk`), and a resume
+puts it back with `load_running_state`, so the first record after a resume is the uninterrupted
+run's.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import torch
 from torch import nn
 
 from mtl_cli.config import SharingConfig
+from mtl_cli.errors import MtlError
 
 # The shared encoder is trained (read by mtl_cli.validation; see __init__).
 FREEZES_ENCODER = False
@@ -74,6 +80,32 @@ class MMoETrunk(nn.Module):
         summary = {task: (s / self._counts[task]).tolist() for task, s in self._sums.items()}
         self._sums, self._counts = {}, {}
         return summary
+
+    def running_state(self) -> dict[str, dict]:
+        """The gate statistics, as JSON (float32 values as Python floats: they come back exactly)."""
+        return {
+            "last": {task: g.tolist() for task, g in self._last.items()},
+            "sums": {task: s.tolist() for task, s in self._sums.items()},
+            "counts": dict(self._counts),
+        }
+
+    def load_running_state(self, state: dict) -> None:
+        """Put back what `running_state` returned (an empty `state`, from an older checkpoint: none)."""
+        experts = len(self.experts)
+        device = next(self.gates.parameters()).device
+        last, sums, counts = state.get("last", {}), state.get("sums", {}), state.get("counts", {})
+        ok = all(isinstance(part, dict) and set(part) <= set(self.gates) for part in (last, sums, counts))
+        ok = ok and set(sums) == set(counts)
+        ok = ok and all(isinstance(v, list) and len(v) == experts for v in [*last.values(), *sums.values()])
+        ok = ok and all(type(n) is int and n > 0 for n in counts.values())
+        if not ok:
+            raise MtlError(
+                f"the checkpoint's MMoE gate statistics do not fit this model ({experts} experts, tasks "
+                f"{sorted(self.gates)}); the checkpoint is damaged or was not written by this run"
+            )
+        self._last = {task: torch.tensor(v, dtype=torch.float32, device=device) for task, v in last.items()}
+        self._sums = {task: torch.tensor(v, dtype=torch.float32, device=device) for task, v in sums.items()}
+        self._counts = dict(counts)
 
     def shared_parameters(self) -> list[nn.Parameter]:
         return [p for p in [*self.encoder.parameters(), *self.experts.parameters()] if p.requires_grad]

@@ -6,10 +6,27 @@ which the loss and the metrics skip. Words the tokenizer turns into no piece at 
 emoji variation selector, a zero-width space) are fed as the tokenizer's unknown token, so
 that every word keeps a prediction. Words past `max_length` pieces are cut off (the head of
 the sentence is kept) and are not scored.
+
+Tags are scored as BIO (IOB2) entities, so tags in another scheme are converted when read, each
+conversion logged once per task (a warning line naming what changed and how many tags):
+
+- plain tags (`PERSON`, `LOC` and `O`, no prefix): a run of the same tag is one entity, so
+  `PERSON PERSON O LOC` becomes `B-PERSON I-PERSON O B-LOC` (two adjacent entities of the same
+  type merge: a plain scheme cannot tell them apart);
+- BIOES / BILOU (`S-`, `E-`, `U-`, `L-`): `S-`/`U-` become `B-`, `E-`/`L-` become `I-`;
+- an `I-X` that starts an entity (after `O`, after another type, after an `E-`/`S-`, or first in
+  its sentence; IOB1 data such as the original CoNLL-2003 files) becomes `B-X`: the same reading
+  as seqeval's default mode, now also what the model is trained on.
+
+Prefixed and plain entity tags mixed in one task (`B-PER` next to `MISC`) cannot be read either
+way and are refused, naming a tag of each kind and where the plain one is. With `labels` set,
+the list is converted the same way (plain `X` becomes `B-X`, `I-X`; a `B-X` is added before an
+`I-X` that has none). BIO data without a dangling `I-` is read unchanged.
 """
 
 from __future__ import annotations
 
+import re
 import warnings
 from typing import Any
 
@@ -22,6 +39,7 @@ from mtl_cli.config import TaskConfig
 from mtl_cli.errors import MtlError
 from mtl_cli.fingerprints import fingerprint
 from mtl_cli.labels import raw_to_name
+from mtl_cli.logs import log
 from mtl_cli.tokenization import insert_marker
 
 MAIN_METRIC = "f1"
@@ -82,11 +100,97 @@ def _check_lengths(name: str, split: str, ds: Any) -> None:
         )
 
 
-def _label_names(name: str, cfg: TaskConfig, raw: Any) -> list[str]:
+_PREFIXED = re.compile(r"([BIESLU])-(.+)")
+_BEGINS, _CLOSES = frozenset("BSU"), frozenset("ESLU")  # prefixes that start / end an entity by themselves
+
+
+def _parse(tag: str) -> tuple[str | None, str | None]:
+    """(prefix or None for a plain tag, entity type); (None, None) for O."""
+    if tag == "O":
+        return None, None
+    m = _PREFIXED.fullmatch(tag)
+    return (m.group(1), m.group(2)) if m else (None, tag)
+
+
+def tag_scheme(tags: set[str]) -> str:
+    """`bio`, `bioes` (also BILOU) or `plain` for these tag names; `mixed` when plain and prefixed meet."""
+    prefixes = {_parse(t)[0] for t in tags if t != "O"}
+    plain, prefixed = None in prefixes, prefixes - {None}
+    if plain and prefixed:
+        return "mixed"
+    if plain:
+        return "plain"
+    return "bioes" if prefixed & _CLOSES else "bio"
+
+
+def _bio_labels(labels: list[str]) -> list[str]:
+    """A `labels` list in another scheme, as BIO names in the same order."""
+    out: list[str] = []
+    for tag in labels:
+        prefix, kind = _parse(tag)
+        if kind is None:
+            names = ["O"]
+        elif prefix is None:
+            names = [f"B-{kind}", f"I-{kind}"]
+        else:
+            names = [f"{'B' if prefix in _BEGINS else 'I'}-{kind}"]
+        for n in names:
+            if n.startswith("I-") and f"B-{n[2:]}" not in out:
+                out.append(f"B-{n[2:]}")
+            if n not in out:
+                out.append(n)
+    return out
+
+
+def _to_bio(name: str, split: str, ds: Any, to_name: Any) -> tuple[Any, Any, list[str], dict]:
+    """Every tag of a split as its BIO name: (flat names as an index into `names`, sentence offsets, names, changes).
+
+    Vectorised over the flattened tags: whether a tag starts an entity depends only on the tag
+    before it in the same sentence.
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    column = ds.with_format("arrow")[:]["tags"]
+    lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False).astype(np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    flat = pc.list_flatten(column)
+    flat = flat.combine_chunks() if isinstance(flat, pa.ChunkedArray) else flat
+    encoded = flat.dictionary_encode()
+    raw_names = [to_name(v) for v in encoded.dictionary.to_pylist()]
+    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    parsed = [_parse(t) for t in raw_names]
+    kinds = sorted({k for _, k in parsed if k is not None})
+    kind_id = {k: i + 1 for i, k in enumerate(kinds)}  # 0: O
+    kind = np.array([kind_id.get(k, 0) if k else 0 for _, k in parsed], dtype=np.int64)[codes]
+    begins = np.array([p in _BEGINS for p, _ in parsed], dtype=bool)[codes]
+    # Whether the tag leaves its entity open for an I- after it (B-, I- and plain tags do).
+    opens = np.array([k is not None and p not in _CLOSES for p, k in parsed], dtype=bool)[codes]
+    first = np.zeros(len(codes), dtype=bool)
+    first[offsets[:-1][lengths > 0]] = True
+    continues = np.zeros(len(codes), dtype=bool)
+    continues[1:] = ~first[1:] & opens[:-1] & (kind[:-1] == kind[1:])
+    start = (kind > 0) & (begins | ~continues)
+    # names: O, then B-/I- of each type; index 0 is O, 2k-1 is B-type k, 2k is I-type k.
+    names = ["O"] + [f"{p}-{k}" for k in kinds for p in ("B", "I")]
+    out = np.where(kind == 0, 0, np.where(start, 2 * kind - 1, 2 * kind))
+    original = np.array([names.index(t) if t in names else -1 for t in raw_names], dtype=np.int64)
+    changed = original[codes] != out
+    changes = {}
+    if changed.any():
+        at = int(np.argmax(changed))
+        sentence = int(np.searchsorted(offsets, at, side="right")) - 1
+        changes = {
+            "count": int(changed.sum()),
+            "first": (split, sentence + 1, raw_names[codes[at]], names[out[at]]),
+        }
+    return out, offsets, names, changes
+
+
+def _label_names(name: str, cfg: TaskConfig, found: set[str]) -> list[str]:
     if cfg.labels:
-        return [str(label) for label in cfg.labels]
-    to_name = _tag_namer(cfg, raw["train"])
-    found = {to_name(v) for v in _unique_tags(raw["train"]) if v is not None}
+        return _bio_labels([str(label) for label in cfg.labels])
     if len(found) < 2:
         raise MtlError(
             f"task '{name}': the training split holds {len(found)} distinct tag(s) {sorted(found)}; "
@@ -96,36 +200,90 @@ def _label_names(name: str, cfg: TaskConfig, raw: Any) -> list[str]:
     return (["O"] if "O" in found else []) + sorted(found - {"O"})
 
 
-def prepare(name: str, cfg: TaskConfig, raw: Any) -> tuple[Any, list[str]]:
-    """`tags` (names, or ints with ClassLabel names) -> tag ids; returns the tag names in id order."""
-    import datasets
-
-    labels = _label_names(name, cfg, raw)
-    ids = {label: i for i, label in enumerate(labels)}
+def _check_scheme(name: str, cfg: TaskConfig, raw: Any, namers: dict) -> str:
+    """The task's tag scheme over every split (and `labels`); mixed plain and prefixed tags are refused."""
+    seen: dict[str, str] = {}  # tag -> the first split (or `labels`) it is in
     for split, ds in raw.items():
-        to_name = _tag_namer(cfg, ds)
+        for tag in {namers[split](v) for v in _unique_tags(ds)}:
+            seen.setdefault(tag, split)
+    for label in cfg.labels or []:
+        seen.setdefault(str(label), "labels")
+    scheme = tag_scheme(set(seen))
+    if scheme == "mixed":
+        plain = sorted(t for t in seen if t != "O" and _parse(t)[0] is None)[0]
+        prefixed = sorted(t for t in seen if _parse(t)[0] is not None)[0]
+        split = seen[plain]
+        where = f"task.{name}.labels"
+        if split != "labels":
+            to_name = namers[split]
+            row = next(i for i, tags in enumerate(raw[split]["tags"]) if any(to_name(t) == plain for t in tags))
+            where = f"{split} sentence {row + 1}"
+        raise MtlError(
+            f"task '{name}': tag '{plain}' ({where}) has no B-/I- prefix while others do ('{prefixed}'), so its "
+            f"entities cannot be read; write every entity tag as B-<type>/I-<type> (or map it with task.{name}.label_map)"
+        )
+    return scheme
+
+
+def prepare(name: str, cfg: TaskConfig, raw: Any) -> tuple[Any, list[str]]:
+    """`tags` (names, or ints with ClassLabel names) -> BIO tag ids; returns the tag names in id order."""
+    import datasets
+    import numpy as np
+
+    namers = {}
+    for split, ds in raw.items():
         _check_lengths(name, split, ds)
-        found = _unique_tags(ds)
-        if None in found:
+        namers[split] = _tag_namer(cfg, ds)
+        if None in _unique_tags(ds):
             row = next(i for i, tags in enumerate(ds["tags"]) if None in tags)
             raise MtlError(f"task '{name}': {split} sentence {row + 1} has a missing tag; fix the data")
-        unknown = sorted({to_name(v) for v in found} - set(ids), key=str)
+    scheme = _check_scheme(name, cfg, raw, namers)
+    converted = {split: _to_bio(name, split, ds, namers[split]) for split, ds in raw.items()}
+    _log_conversion(name, scheme, [c[3] for c in converted.values() if c[3]])
+    flat, _, names, _ = converted["train"] if "train" in converted else next(iter(converted.values()))
+    labels = _label_names(name, cfg, {names[i] for i in np.unique(flat)})
+    ids = {label: i for i, label in enumerate(labels)}
+    for split, ds in raw.items():
+        flat, offsets, names, _ = converted[split]
+        present = np.unique(flat)
+        unknown = sorted({names[i] for i in present} - set(ids), key=str)
         if unknown:
             bad = unknown[0]
-            row = next(i for i, tags in enumerate(ds["tags"]) if any(to_name(t) == bad for t in tags))
+            at = int(np.argmax(flat == names.index(bad)))
+            row = int(np.searchsorted(offsets, at, side="right")) - 1
             raise MtlError(
                 f"task '{name}': tag '{bad}' ({split} sentence {row + 1}) is not in the label set {labels}; "
                 f"fix the data or set task.{name}.labels / task.{name}.label_map"
             )
+        table = np.array([ids.get(n, -1) for n in names], dtype=np.int64)
+        tag_ids = table[flat] if len(flat) else flat
         features = ds.features.copy()
         features["tags"] = datasets.Sequence(datasets.ClassLabel(names=labels))
         raw[split] = ds.map(
-            lambda batch, to_name=to_name: {"tags": [[ids[to_name(t)] for t in tags] for tags in batch["tags"]]},
+            lambda batch, rows, tag_ids=tag_ids, offsets=offsets: {
+                "tags": [tag_ids[offsets[i] : offsets[i + 1]].tolist() for i in rows]
+            },
             batched=True,
+            with_indices=True,
             features=features,
-            new_fingerprint=fingerprint(ds, "tags", labels, sorted(cfg.label_map.items())),
+            new_fingerprint=fingerprint(ds, "tags-bio", labels, sorted(cfg.label_map.items())),
         )
     return raw, labels
+
+
+def _log_conversion(name: str, scheme: str, changes: list[dict]) -> None:
+    if not changes:
+        return
+    count = sum(c["count"] for c in changes)
+    split, sentence, before, after = changes[0]["first"]
+    first = f"first: {split} sentence {sentence}, {before} -> {after}"
+    if scheme == "plain":
+        what = "tags without B-/I- prefixes read as BIO (a run of the same tag is one entity)"
+    elif scheme == "bioes":
+        what = "BIOES tags read as BIO (S-/U- -> B-, E-/L- -> I-, an I- that starts an entity -> B-)"
+    else:
+        what = "I- tags that start an entity (no B- before them) read as B-, as seqeval scores them"
+    log.warning("task '%s': %s; %d tag(s) changed (%s)", name, what, count, first)
 
 
 # --- tokenization ---------------------------------------------------------------------------
