@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mtl_cli.rundir import append_jsonl, write_with
+from mtl_cli.writers import append_jsonl, write_with
 
 Matrix = list[list[float]]
 LossFn = Callable[[Any, dict], torch.Tensor]

@@ -38,7 +38,9 @@ from mtl_cli.encoders import encoder_from_checkpoint, load_encoder, resolve_sour
 from mtl_cli.errors import MtlError, first_line
 from mtl_cli.interrupts import deferred
 from mtl_cli.model import build_model
-from mtl_cli.rundir import RunDir, UnusableFile, read_json, write_json, writing
+from mtl_cli.readers import UnusableFile, read_json
+from mtl_cli.rundir import RunDir
+from mtl_cli.writers import write_json, writing
 
 REQUIRED = ("model.safetensors", "labels.json", "trainer_state.json")
 MANIFEST = "manifest.json"

@@ -164,6 +164,8 @@ def train_command(args: list[str]) -> None:
             check_runs_writable(overrides, multirun)  # before Hydra makes the run's folder
         except MtlError as err:
             fail(str(err))
+    from mtl_cli.sweeps import SWEEP
+
     SWEEP.start(overrides if multirun else None)
     sys.argv = ["mtl train", *args]
     hydra_train()
@@ -228,6 +230,8 @@ def hydra_train() -> None:
         from hydra.types import RunMode
 
         from mtl_cli.errors import MtlError
+        from mtl_cli.rundir import remove_empty_dirs
+        from mtl_cli.sweeps import SWEEP
         from mtl_cli.train import train
 
         hc = HydraConfig.get()
@@ -258,7 +262,7 @@ def hydra_train() -> None:
 def check_runs_writable(overrides: list[str], multirun: bool) -> None:
     """The folder the run goes in can really be written (root passes `os.access` on a read-only
     folder): one line now, not Hydra's traceback when it makes the folder."""
-    from mtl_cli.rundir import check_writable
+    from mtl_cli.writers import check_writable
 
     values = dict(o.lstrip("+~").partition("=")[::2] for o in overrides if "=" in o)
     named = values.get("hydra.sweep.dir" if multirun else "hydra.run.dir")
@@ -300,68 +304,6 @@ def check_hydra_run_dir(out: Path, hydra_overrides: list[str], multirun: bool) -
     named = any(o.lstrip("+~").startswith("hydra.run.dir=") for o in hydra_overrides)
     if named and not multirun and looks_like_run(out):
         raise MtlError(existing_run_message(out))
-
-
-def remove_empty_dirs(path: Path, levels: int) -> None:
-    """Nothing of a failed run was written: leave no empty run (and date) folder behind."""
-    for folder in [path, *path.parents][: levels + 1]:
-        if not folder.is_dir() or any(folder.iterdir()):
-            return
-        folder.rmdir()
-
-
-class Sweep:
-    """What a sweep (`mtl train -m`, Hydra's basic launcher: the jobs in turn, in this process) has done,
-    so that a failure on job k can say which jobs ran, which failed and which were not run."""
-
-    def __init__(self) -> None:
-        self.start(None)
-
-    def start(self, overrides: list[str] | None) -> None:
-        self.jobs: list[list[str]] | None = sweep_jobs(overrides) if overrides is not None else None
-        self.done: list[tuple[int, str]] = []
-
-    def ran(self, num: int, run_dir: Path | str, overrides: list[str]) -> None:
-        self.done.append((num, f"job {num} ({self.swept(overrides)}): {run_dir}"))
-
-    def swept(self, overrides: list[str]) -> str:
-        """The overrides that tell this job from the others (all of them without a plan)."""
-        common = set.intersection(*map(set, self.jobs)) if self.jobs else set()
-        return " ".join(o for o in overrides if o not in common) or " ".join(overrides) or "no overrides"
-
-    def failed(self, num: int, reason: str, out: Path, sweep_dir: Path, overrides: list[str]) -> str:
-        kept = f" (its folder {out})" if out.is_dir() and any(out.iterdir()) else ""
-        total = len(self.jobs) if self.jobs else None
-        ran = "; ".join(text for _, text in self.done) if self.done else "none"
-        if total is None:
-            rest = "the rest of the sweep"
-        else:
-            later = [f"job {n} ({self.swept(self.jobs[n])})" for n in range(num + 1, total)]  # type: ignore[index]
-            rest = ", ".join(later) or "none"
-        if not self.done and not kept:  # nothing of the sweep exists: no folder left behind either
-            (sweep_dir / "multirun.yaml").unlink(missing_ok=True)
-            remove_empty_dirs(sweep_dir, levels=3)
-        of = f" of {total}" if total else ""
-        return (
-            f"sweep stopped: job {num}{of} ({self.swept(overrides)}) failed{kept}: {reason} | ran: {ran} | "
-            f"not run: {rest}"
-        )
-
-
-def sweep_jobs(overrides: list[str]) -> list[list[str]] | None:
-    """Each job's overrides, in the order Hydra's basic sweeper runs them (None when it cannot be told)."""
-    try:
-        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-
-        own = [o for o in overrides if not o.lstrip("+~").startswith("hydra.")]
-        batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(own), None)
-        return [list(job) for batch in batches for job in batch]
-    except Exception:  # a sweep Hydra's basic sweeper expands otherwise (globs): no plan, still a summary
-        return None
-
-
-SWEEP = Sweep()
 
 
 def parse_key_values(args: list[str], allowed: dict[str, str]) -> dict[str, str]:

@@ -36,9 +36,9 @@ from mtl_cli.config import SPLITS, MtlConfig
 from mtl_cli.encoders import resolve_source
 from mtl_cli.errors import MtlError, first_line
 from mtl_cli.hub import hub_offline_mode, hub_reachable
-from mtl_cli.rundir import write_json, writing
 from mtl_cli.tables import print_table, rows_to_markdown
 from mtl_cli.tasks import Task, load_tasks
+from mtl_cli.writers import write_json, writing
 
 MAX_EXAMPLES = 3  # examples kept per duplicate or leakage finding
 OVER_LENGTH_SHARE = 0.05  # warn when more of a split than this is longer than max_length

@@ -24,10 +24,11 @@ from mtl_cli.device import setup_torch, use_bf16
 from mtl_cli.errors import MtlError
 from mtl_cli.evaluate import Evaluator
 from mtl_cli.fingerprints import changed_splits
-from mtl_cli.rundir import RunDir, WriteError, find_latest_run, json_text, load_run_config, writing
+from mtl_cli.rundir import RunDir, find_latest_run, load_run_config
 from mtl_cli.tables import print_table, table_rows, write_table
 from mtl_cli.tasks import load_tasks
 from mtl_cli.tokenization import tokenize_tasks
+from mtl_cli.writers import WriteError, json_text, writing
 
 
 def evaluate_run(run: str, *args: Any, **kwargs: Any) -> dict:

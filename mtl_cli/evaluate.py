@@ -14,8 +14,8 @@ from mtl_cli.batches import eval_batches
 from mtl_cli.checkpoints import load_weights
 from mtl_cli.device import autocast
 from mtl_cli.plots import training_curves
-from mtl_cli.rundir import write_json
 from mtl_cli.tables import print_table, table_rows, write_table
+from mtl_cli.writers import write_json
 
 log = logging.getLogger("mtl")
 

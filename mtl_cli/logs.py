@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from mtl_cli.rundir import WriteError, write_fault, writing
+from mtl_cli.writers import WriteError, write_fault, writing
 
 log = logging.getLogger("mtl")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mtl_cli.errors import MtlError
-from mtl_cli.rundir import write_with
+from mtl_cli.writers import write_with
 
 
 def _read_validation_records(path: Path) -> list[dict[str, Any]]:

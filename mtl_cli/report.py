@@ -30,18 +30,10 @@ from typing import Any
 
 from mtl_cli import task_types
 from mtl_cli.errors import MtlError
-from mtl_cli.rundir import (
-    MAX_JSON_BYTES,
-    RunDir,
-    json_text,
-    read_json,
-    read_text,
-    read_yaml,
-    write_texts,
-    write_with,
-    writing,
-)
+from mtl_cli.readers import MAX_JSON_BYTES, read_json, read_text, read_yaml
+from mtl_cli.rundir import RunDir
 from mtl_cli.tables import rows_to_markdown
+from mtl_cli.writers import json_text, write_texts, write_with, writing
 
 SPLITS = ("test", "validation")
 REPORT_EXTS = (".md", ".csv", ".json", ".png")

@@ -15,29 +15,23 @@
     <run>/eval/<checkpoint>_<split>.{md,csv,json}   mtl eval, never overwritten
     <run>/debug/step-<n>/        the batch and weights of a non-finite loss
 
-Every file is written whole or not at all (a temporary file renamed into place), through
-`writing()`: a full disk or a read-only folder is one line (WriteError) that names the file and
-the fix, and leaves no temporary file behind.
+Every file is written whole or not at all through mtl_cli/writers.py, and every file read from
+a run directory (which may come from someone else) goes through mtl_cli/readers.py.
 """
 
 from __future__ import annotations
 
-import errno
-import json
 import os
 import re
-import shutil
-import stat
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from mtl_cli.errors import MtlError, first_line
-from mtl_cli.interrupts import deferred
 from mtl_cli.locks import RunLock, try_lock
+from mtl_cli.readers import read_yaml_text
+from mtl_cli.writers import unique_path
 
 
 @dataclass(frozen=True)
@@ -216,134 +210,6 @@ def find_latest_run(runs_root: str) -> RunDir:
 ALLOWED_TARGETS: frozenset[str] = frozenset()
 
 
-# --- reading a run directory, which may come from someone else ------------------------------
-# Every file mtl reads from a run directory or a checkpoint goes through these readers: a plain
-# file (no FIFO or device that blocks or never ends), bounded in size, decoded, parsed, and, for
-# YAML, refused before any parser expands a "billion laughs" of aliases.
-
-MAX_YAML_BYTES = 1 << 20  # an mtl config.yaml is a few kB
-MAX_JSON_BYTES = 64 << 20  # labels, trainer state, manifests, results: kB; metrics.jsonl of long runs: MB
-MAX_YAML_ALIASES = 100  # mtl writes none
-MAX_YAML_NODES = 100_000  # nodes with every alias expanded; an mtl config has a few hundred
-
-
-class UnusableFile(MtlError):
-    """A file of a run directory that cannot be used; `reason` says why, without the path."""
-
-    def __init__(self, path: Path, reason: str) -> None:
-        super().__init__(f"{path} {reason}; the run directory is damaged, or was not written by mtl")
-        self.path, self.reason = path, reason
-
-
-def read_limited(path: Path, limit: int, follow_symlinks: bool = True) -> bytes:
-    """The bytes of the plain file `path`, refused when larger than `limit` (or, without
-    `follow_symlinks`, when it is a symbolic link)."""
-    flags = os.O_RDONLY | os.O_NONBLOCK | (0 if follow_symlinks else os.O_NOFOLLOW)
-    try:
-        fd = os.open(path, flags)
-    except FileNotFoundError:
-        raise UnusableFile(path, "does not exist") from None
-    except OSError as err:
-        if err.errno == errno.ELOOP:
-            raise UnusableFile(path, "is a symbolic link (or a loop of them), not a plain file") from None
-        raise UnusableFile(path, f"cannot be read ({err.strerror or first_line(err)})") from None
-    with os.fdopen(fd, "rb") as f:
-        mode = os.fstat(f.fileno()).st_mode
-        if not stat.S_ISREG(mode):
-            raise UnusableFile(path, f"is a {'directory' if stat.S_ISDIR(mode) else 'special file'}, not a plain file")
-        data = f.read(limit + 1)
-    if len(data) > limit:
-        raise UnusableFile(path, f"is larger than {limit} bytes, far more than mtl writes there")
-    return data
-
-
-def read_text(path: Path, limit: int, follow_symlinks: bool = True) -> str:
-    try:
-        return read_limited(path, limit, follow_symlinks).decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise UnusableFile(path, f"is not UTF-8 text (byte {err.start})") from None
-
-
-def read_json(path: Path, limit: int = MAX_JSON_BYTES, follow_symlinks: bool = True) -> Any:
-    """The JSON value of `path` (checked reader: see above); its type is the caller's to check."""
-    text = read_text(path, limit, follow_symlinks)
-    try:
-        return json.loads(text)
-    except ValueError as err:
-        raise UnusableFile(path, f"is not valid JSON ({first_line(err)})") from None
-    except RecursionError:
-        raise UnusableFile(path, "is not valid JSON (nested too deeply)") from None
-
-
-def read_yaml_text(path: Path, limit: int = MAX_YAML_BYTES) -> str:
-    """The text of the YAML file `path`, refused when its aliases would expand it beyond
-    MAX_YAML_NODES nodes (or it has more than MAX_YAML_ALIASES), before any parser expands them."""
-    text = read_text(path, limit)
-    problem = yaml_bomb_problem(text)
-    if problem:
-        raise UnusableFile(path, problem)
-    return text
-
-
-def read_yaml(path: Path, limit: int = MAX_YAML_BYTES) -> Any:
-    """The YAML value of `path` (plain YAML, as `yaml.safe_load` reads it; checked reader: see above)."""
-    import yaml
-
-    text = read_yaml_text(path, limit)
-    try:
-        return yaml.safe_load(text)
-    except (yaml.YAMLError, RecursionError) as err:
-        raise UnusableFile(path, f"is not valid YAML ({first_line(err)})") from None
-
-
-def yaml_bomb_problem(text: str) -> str | None:
-    """Why `text` would blow up when parsed (too many aliases, or too many nodes once expanded), or None.
-
-    Streams the parser's events (linear in the text, nothing expanded); only a document with
-    aliases is composed, and its expanded size is counted per node once (memoised), so a bomb is
-    measured in the time it takes to read it, never expanded. A malformed document is left to
-    the parser that reads it next, which names its line.
-    """
-    import yaml
-
-    try:
-        aliases = sum(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=yaml.SafeLoader))
-    except yaml.YAMLError:
-        return None
-    if aliases > MAX_YAML_ALIASES:
-        return f"uses {aliases} YAML aliases (at most {MAX_YAML_ALIASES}; mtl writes none): refusing an alias bomb"
-    if not aliases:
-        return None
-    try:
-        roots = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
-    except (yaml.YAMLError, RecursionError):
-        return None
-    sizes: dict[int, int] = {}
-
-    def expanded(node: Any) -> int:
-        key = id(node)
-        if key in sizes:
-            if sizes[key] < 0:
-                raise ValueError("an alias refers to the node that holds it")
-            return sizes[key]
-        sizes[key] = -1  # in progress: meeting it again is a cycle
-        total = 1
-        if isinstance(node, yaml.SequenceNode):
-            total += sum(expanded(child) for child in node.value)
-        elif isinstance(node, yaml.MappingNode):
-            total += sum(expanded(k) + expanded(v) for k, v in node.value)
-        sizes[key] = total = min(total, MAX_YAML_NODES + 1)
-        return total
-
-    try:
-        nodes = sum(expanded(root) for root in roots if root is not None)
-    except (ValueError, RecursionError) as err:
-        return f"cannot be expanded ({first_line(err)}): refusing a possible alias bomb"
-    if nodes > MAX_YAML_NODES:
-        return f"expands its YAML aliases to more than {MAX_YAML_NODES} nodes: refusing an alias bomb"
-    return None
-
-
 # The interpolations a config composed by mtl may hold (an unresolved one: mtl writes run configs
 # resolved): mtl's data folder and mtl's own environment variables, each with literal arguments.
 # Anything else could read any environment variable, or grow exponentially when resolved
@@ -427,216 +293,9 @@ def _targets(node: Any):
             yield from _targets(value)
 
 
-# --- writing files whole --------------------------------------------------------------------
-
-
-class WriteError(MtlError):
-    """A file or folder mtl writes could not be written: a full disk, a read-only or locked folder.
-
-    One line: `could not <what> <path> (<reason>); <note><fix>`, and `.then(command)` adds the
-    command that carries on once the fix is made (a run's resume command).
-    """
-
-    def __init__(self, path: Path, reason: str, fix: str, what: str = "write", note: str = "") -> None:
-        self.path, self.reason, self.fix, self.what, self.note = Path(path), reason, fix, what, note
-        super().__init__(f"could not {what} {path} ({reason}); {note}{fix}")
-
-    def then(self, command: str) -> MtlError:
-        return MtlError(f"{self}, then continue with: {command}", self.exit_code)
-
-
-_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
-_LOCKED = {errno.EROFS, errno.EACCES, errno.EPERM}
-_WORDS = {"no space left": errno.ENOSPC, "storagefull": errno.ENOSPC, "quota exceeded": errno.EDQUOT,
-          "read-only file system": errno.EROFS, "permission denied": errno.EACCES}  # fmt: skip
-
-
-def write_fault(err: BaseException, path: Path) -> tuple[str, str] | None:
-    """(reason, fix) when `err` is a write to `path` that the disk or the folder refused; None when it is not one
-    (a bug, which keeps its traceback).
-
-    Libraries wrap the OSError: safetensors says `I/O error: ... (os error 28)`, torch's zip writer
-    only `unexpected pos` or `file write failed`; then the folder's free space decides.
-    """
-    if isinstance(err, WriteError):
-        return err.reason, err.fix
-    wrapped = isinstance(err, RuntimeError) or type(err).__name__ == "SafetensorError"
-    if not (isinstance(err, OSError) or wrapped):
-        return None  # a TypeError, a KeyboardInterrupt, an MtlError: not the disk's doing
-    folder = Path(path).parent
-    text = str(err)
-    code = err.errno if isinstance(err, OSError) else None
-    if code is None:
-        found = re.search(r"os error (\d+)|\[Errno (\d+)\]|code: (\d+)", text)
-        code = int(next(g for g in found.groups() if g)) if found else None
-    if code is None:
-        code = next((c for words, c in _WORDS.items() if words in text.lower()), None)
-    if code is None and _nearly_full(folder):
-        code = errno.ENOSPC
-    if code is None and wrapped and not re.search(r"I/O error|unexpected pos|file write failed|StreamWriter", text):
-        return None
-    reason = os.strerror(code) if code else first_line(err)
-    if code in _FULL:
-        return reason, "free disk space"
-    if code in _LOCKED:
-        return reason, f"make {_existing(folder)} writable"
-    return reason, f"free disk space and check that {_existing(folder)} is writable"
-
-
-def _existing(path: Path) -> Path:
-    path = Path(os.path.abspath(path))
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
-def _nearly_full(folder: Path) -> bool:
-    try:
-        st = os.statvfs(_existing(folder))
-    except OSError:
-        return False
-    return st.f_bavail * st.f_frsize < 1 << 20
-
-
-def _undo(undo: Any) -> None:
-    if callable(undo):
-        undo()
-    elif Path(undo).is_dir() and not Path(undo).is_symlink():
-        shutil.rmtree(undo, ignore_errors=True)
-    else:
-        Path(undo).unlink(missing_ok=True)
-
-
-@contextmanager
-def writing(path: Path, *undo: Any, what: str = "write", note: str = "") -> Iterator[None]:
-    """The one way mtl writes into a run: any failure inside becomes one WriteError naming `path`.
-
-    On any exception (a signal's included) `undo` is done first: temporary files and folders
-    (paths) are removed, callables are called, so a failed write leaves nothing behind.
-    """
-    try:
-        yield
-    except BaseException as err:
-        # Classified before the undo frees what the write took; a WriteError from a file inside
-        # (one file of several) keeps its own name unless this write says more (a checkpoint).
-        fault = None if isinstance(err, WriteError) and what == "write" and not note else write_fault(err, path)
-        with deferred():
-            for u in undo:
-                try:
-                    _undo(u)
-                except OSError:
-                    pass  # the failure itself is the news; a read-only folder cannot be cleaned
-        if fault is None:
-            raise
-        raise WriteError(path, *fault, what=what, note=note) from None
-
-
-def write_with(path: Path, write: Any) -> None:
-    """`write(tmp)` writes the file to a temporary name, which is then renamed to `path`: a reader
-    never sees half a file, and a failed write leaves neither (e.g. `fig.savefig(tmp, format=...)`)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with writing(path, tmp):
-        write(tmp)
-        os.replace(tmp, path)
-
-
-def write_texts(files: dict[Path, str]) -> None:
-    """Several files all or nothing (a table's .md and .csv): each is written to a temporary name,
-    then all are renamed into place; after a failure none of them has changed."""
-    tmps = {Path(p): Path(p).with_name(Path(p).name + ".tmp") for p in files}
-    with writing(next(iter(tmps)), *tmps.values()):
-        for (path, tmp), text in zip(tmps.items(), files.values(), strict=True):
-            with writing(path):
-                with open(tmp, "w", encoding="utf-8") as f:
-                    f.write(text)
-        with deferred():  # a signal waits for the renames: no set is left half replaced
-            for path, tmp in tmps.items():
-                os.replace(tmp, path)
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write to a temporary file, then rename it into place: a reader never sees half a file."""
-    write_texts({path: text})
-
-
-def json_text(obj: Any) -> str:
-    return json.dumps(obj, indent=2) + "\n"
-
-
-def write_json(path: Path, obj: Any) -> None:
-    write_text(path, json_text(obj))
-
-
-def append_jsonl(path: Path, records: list[dict]) -> None:
-    """Append whole lines: a failed write is cut back off, so the file stays as it was."""
-    path = Path(path)
-    text = "".join(json.dumps(r) + "\n" for r in records)
-    size = path.stat().st_size if path.exists() else None
-
-    def cut_back() -> None:
-        if size is None:
-            path.unlink(missing_ok=True)
-        else:
-            os.truncate(path, size)
-
-    with writing(path, cut_back):
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(text)
-
-
-def check_writable(folder: Path, then: str = "") -> None:
-    """Refuse in one line unless a file can really be created, written and removed in `folder`
-    (the nearest existing folder above it, when it does not exist yet). `os.access` is no test:
-    it trusts the permission bits, and root passes it without CAP_DAC_OVERRIDE. `then` follows
-    the fix (", then ...", ", or ...")."""
-    folder = _existing(folder)
-    probe = folder / f".mtl-write-probe-{os.getpid()}"
-    try:
-        with writing(probe, probe):
-            with open(probe, "xb") as f:
-                f.write(b"mtl")
-                f.flush()
-                os.fsync(f.fileno())
-            probe.unlink()
-    except WriteError as err:
-        raise MtlError(f"cannot write in {folder} ({err.reason}); {err.fix}{then}") from None
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """The complete records of a JSONL file (a line cut short by a kill, or one that is not a JSON
-    object, is skipped); checked reader: a plain file, bounded in size."""
-    if not path.is_file():
-        return []
-    out = []
-    for line in read_text(path, MAX_JSON_BYTES).splitlines():
-        try:
-            record = json.loads(line)
-        except (ValueError, RecursionError):
-            continue
-        if isinstance(record, dict):
-            out.append(record)
-    return out
-
-
-def trim_jsonl(path: Path, last_step: int) -> None:
-    """Drop the records of steps after `last_step` (a resumed run writes them again)."""
-    if not path.is_file():
-        return
-    keep = []
-    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
-        try:
-            if json.loads(line)["step"] <= last_step:
-                keep.append(line)
-        except (ValueError, KeyError, TypeError):
-            continue  # a line cut short by a kill
-    write_text(path, "".join(keep))
-
-
-def unique_path(path: Path) -> Path:
-    """`path`, or `path` with `_2`, `_3`... before the suffix if it exists: earlier files stay."""
-    n, candidate = 1, path
-    while candidate.exists():
-        n += 1
-        candidate = path.with_name(f"{path.stem}_{n}{path.suffix}")
-    return candidate
+def remove_empty_dirs(path: Path, levels: int) -> None:
+    """Nothing of a failed run was written: leave no empty run (and date) folder behind."""
+    for folder in [path, *path.parents][: levels + 1]:
+        if not folder.is_dir() or any(folder.iterdir()):
+            return
+        folder.rmdir()

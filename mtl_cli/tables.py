@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from mtl_cli.rundir import write_texts
+from mtl_cli.writers import write_texts
 
 SPLIT_NAMES = ("validation", "test")
 

@@ -56,24 +56,13 @@ from mtl_cli.logs import check_log, progress_bar, setup_logging
 from mtl_cli.mixing import TaskSampler, build_sampler
 from mtl_cli.model import MultiTaskModel, build_model
 from mtl_cli.optim import build_optimizer
-from mtl_cli.rundir import (
-    RunDir,
-    WriteError,
-    append_jsonl,
-    check_run_dir_path,
-    check_writable,
-    claim,
-    load_run_config,
-    new_run_dir,
-    trim_jsonl,
-    write_json,
-    write_text,
-)
+from mtl_cli.rundir import RunDir, check_run_dir_path, claim, load_run_config, new_run_dir
 from mtl_cli.state import TrainState
 from mtl_cli.steps import train_step
 from mtl_cli.tasks import Task, absolute_paths, load_tasks
 from mtl_cli.tokenization import add_task_markers, tokenize_tasks
 from mtl_cli.validation import to_typed
+from mtl_cli.writers import WriteError, append_jsonl, check_writable, trim_jsonl, write_json, write_text
 
 log = logging.getLogger("mtl")
 

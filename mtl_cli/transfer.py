@@ -26,10 +26,12 @@ from mtl_cli.checkpoints import find_checkpoint, read_checkpoint_state
 from mtl_cli.config import MtlConfig, task_names_label
 from mtl_cli.errors import MtlError
 from mtl_cli.fingerprints import file_digest
-from mtl_cli.rundir import RunDir, read_json, read_jsonl, write_json, write_text, write_with
+from mtl_cli.readers import read_json, read_jsonl
+from mtl_cli.rundir import RunDir
 from mtl_cli.tables import rows_to_csv, rows_to_markdown
 from mtl_cli.tasks import resolve_path
 from mtl_cli.train import train
+from mtl_cli.writers import write_json, write_text, write_with
 
 ALPHA = 0.05  # Welch's t-test level for calling a difference significant
 

@@ -36,7 +36,7 @@ from mtl_cli import train as train_module
 from mtl_cli.callbacks import Callback
 from mtl_cli.checkpoints import checkpoint_problem, dump_nonfinite
 from mtl_cli.errors import MtlError
-from mtl_cli.rundir import WriteError, append_jsonl, write_text, write_texts, writing
+from mtl_cli.writers import WriteError, append_jsonl, write_text, write_texts, writing
 from tests.conftest import REPO, TINY_RUN, run_dirs, tiny_run
 from tests.test_bad_input import assert_one_line_error, tree_digest
 

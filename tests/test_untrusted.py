@@ -33,7 +33,8 @@ import pytest
 
 from mtl_cli import train as train_module
 from mtl_cli.checkpoints import checkpoint_problem, find_checkpoint
-from mtl_cli.rundir import RunDir, yaml_bomb_problem
+from mtl_cli.readers import yaml_bomb_problem
+from mtl_cli.rundir import RunDir
 from mtl_cli.state import TrainState
 from tests.conftest import TINY_RUN, run_dirs, run_mtl, tiny_run
 from tests.test_bad_input import assert_one_line_error, stopped

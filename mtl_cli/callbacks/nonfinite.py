@@ -8,7 +8,7 @@ from typing import Any
 
 from mtl_cli.callbacks import Callback, Stop
 from mtl_cli.checkpoints import dump_nonfinite
-from mtl_cli.rundir import WriteError
+from mtl_cli.writers import WriteError
 
 log = logging.getLogger("mtl")
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import mtl_cli
 from mtl_cli.callbacks import Callback
-from mtl_cli.rundir import write_json
+from mtl_cli.writers import write_json
 
 log = logging.getLogger("mtl")
 
