@@ -316,6 +316,22 @@ def parse_key_values(args: list[str], allowed: dict[str, str]) -> dict[str, str]
     return out
 
 
+def positive_int(opts: dict[str, str], key: str) -> int | None:
+    value = opts.get(key)
+    if value is None:
+        return None
+    if not (value.isdigit() and int(value) > 0):
+        fail(f"{key} must be a positive whole number; got {key}={value}")
+    return int(value)
+
+
+def true_or_false(opts: dict[str, str], key: str) -> bool:
+    value = opts.get(key, "false").lower()
+    if value not in ("true", "false"):
+        fail(f"{key} must be true or false; got {key}={opts[key]}")
+    return value == "true"
+
+
 def eval_command(args: list[str]) -> None:
     if not args or args[0] in ("-h", "--help"):
         print(
@@ -344,10 +360,10 @@ def eval_command(args: list[str]) -> None:
             checkpoint=opts.get("checkpoint", "best"),
             tasks=[t for t in re.split(r"[+,]", opts["tasks"]) if t] if opts.get("tasks") else None,
             data_root=opts.get("data_root"),
-            batch_size=int(opts["batch_size"]) if opts.get("batch_size", "").isdigit() else None,
+            batch_size=positive_int(opts, "batch_size"),
             runs_root=opts.get("runs_root") or os.environ.get("MTL_RUNS_ROOT", "runs"),
-            trust_remote_code=opts.get("trust_remote_code", "").lower() == "true",
-            allow_changed_data=opts.get("allow_changed_data", "").lower() == "true",
+            trust_remote_code=true_or_false(opts, "trust_remote_code"),
+            allow_changed_data=true_or_false(opts, "allow_changed_data"),
         )
     except MtlError as err:
         fail(str(err))

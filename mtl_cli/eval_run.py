@@ -75,6 +75,8 @@ def _evaluate_run(
         if unknown:
             raise MtlError(f"this run never trained task(s) {unknown}; its tasks are {list(cfg.task)} (tasks=...)")
     if data_root:
+        if not Path(data_root).is_dir():
+            raise MtlError(f"data_root={data_root} is not a folder; point it at the folder that holds the run's data")
         cfg.data_root = str(Path(data_root).resolve())
     device = setup_torch(cfg.trainer.device, cfg.trainer.threads)
 

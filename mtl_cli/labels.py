@@ -15,6 +15,7 @@ from mtl_cli.fingerprints import fingerprint
 def encode_class_labels(name: str, cfg: TaskConfig, raw: Any) -> tuple[Any, list[str]]:
     """Column `label` (raw values) -> ClassLabel ids, with the label names in id order."""
     for split, ds in raw.items():
+        _check_label_values(name, cfg, split, ds)
         _check_float_labels(name, cfg, split, ds)
     labels = _label_names(name, cfg, raw)
     raw = _encode_labels(name, cfg, raw, labels)
@@ -23,6 +24,28 @@ def encode_class_labels(name: str, cfg: TaskConfig, raw: Any) -> tuple[Any, list
             f"task '{name}': the training split holds a single label; check task.{name}.label_column and the file's labels"
         )
     return raw, labels
+
+
+def _check_label_values(name: str, cfg: TaskConfig, split: str, ds: Any) -> None:
+    """Every example has one label, a name or a number: not a list, a mapping or a mix of kinds
+    (JSON `1` next to `"pos"`), and not missing (an empty cell, a JSON null)."""
+    import datasets
+
+    feature = ds.features.get("label")
+    where = f"task '{name}': the {split} labels (column '{cfg.label_column}')"
+    if not isinstance(feature, (datasets.Value, datasets.ClassLabel)):
+        kind = getattr(feature, "_type", type(feature).__name__)
+        raise MtlError(
+            f"{where} hold {kind} values, not one label name or number per example (a mix of numbers and "
+            f"names, lists or objects); make every label a name (or for several labels per text use "
+            f"task.{name}.type=multilabel)"
+        )
+    for row, value in enumerate(ds["label"]):
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise MtlError(
+                f"{where}: {split} row {row + 1} has no label ({'null' if value is None else 'empty'}); "
+                "fill it in or drop that row"
+            )
 
 
 def _check_float_labels(name: str, cfg: TaskConfig, split: str, ds: Any) -> None:

@@ -31,7 +31,7 @@ from typing import Any
 from mtl_cli.errors import MtlError, first_line
 from mtl_cli.locks import RunLock, try_lock
 from mtl_cli.readers import read_yaml_text
-from mtl_cli.writers import unique_path
+from mtl_cli.writers import WriteError, unique_path, write_fault, writing
 
 
 @dataclass(frozen=True)
@@ -172,7 +172,8 @@ def claim(base: Path, config_yaml: str) -> Claim:
     for n in range(1, 1000):
         candidate = base if n == 1 else base.with_name(f"{base.name}_{n}")
         missing = [p for p in [candidate, *candidate.parents] if not p.exists()]
-        candidate.mkdir(parents=True, exist_ok=True)
+        with writing(candidate, what="create the run folder"):
+            candidate.mkdir(parents=True, exist_ok=True)
         lock = try_lock(candidate)
         if lock is None:  # another process trains or evaluates in it
             continue
@@ -183,10 +184,13 @@ def claim(base: Path, config_yaml: str) -> Claim:
         except FileExistsError:
             lock.release()
             continue
-        except BaseException:
+        except BaseException as err:
             Claim(RunDir(candidate), lock, before, tuple(missing)).discard()
             lock.release()
-            raise
+            fault = write_fault(err, candidate / "config.yaml")
+            if fault is None:
+                raise
+            raise WriteError(candidate / "config.yaml", *fault) from None
         return Claim(RunDir(candidate), lock, before, tuple(missing))
     raise MtlError(f"could not find a free run directory next to {base}; clean up {base.parent}")
 

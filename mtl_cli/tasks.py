@@ -59,6 +59,7 @@ def absolute_paths(cfg: MtlConfig) -> MtlConfig:
 
 def load_task(name: str, cfg: TaskConfig, data_root: str | None) -> Task:
     import datasets
+    import pyarrow
 
     datasets.disable_progress_bars()
     # datasets logs a failed parse before raising it; the raised error is reported instead.
@@ -69,7 +70,13 @@ def load_task(name: str, cfg: TaskConfig, data_root: str | None) -> Task:
         raise MtlError(f"task '{name}' has no train split; set task.{name}.files.train")
     raw = _select_columns(name, ttype.columns(cfg), raw)
     raw = _clean_texts(name, raw)
-    raw, labels = ttype.prepare(name, cfg, raw)
+    try:
+        raw, labels = ttype.prepare(name, cfg, raw)
+    except pyarrow.ArrowException as err:  # a column Arrow cannot compute on: values of mixed or nested kinds
+        raise MtlError(
+            f"task '{name}': its columns {list(ttype.columns(cfg).values())} hold values of mixed or nested kinds "
+            f"({first_line(err)}); make each column one kind (texts strings, labels names or numbers)"
+        ) from None
     splits = _complete_splits(name, cfg, raw)
     for split in SPLITS:
         if len(splits[split]) == 0:

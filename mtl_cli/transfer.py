@@ -31,7 +31,7 @@ from mtl_cli.rundir import RunDir
 from mtl_cli.tables import rows_to_csv, rows_to_markdown
 from mtl_cli.tasks import resolve_path
 from mtl_cli.train import train
-from mtl_cli.writers import write_json, write_text, write_with
+from mtl_cli.writers import write_json, write_text, write_with, writing
 
 ALPHA = 0.05  # Welch's t-test level for calling a difference significant
 
@@ -88,12 +88,25 @@ def main_metric(cfg: MtlConfig, task: str) -> str:
     return task_types.get(cfg.task[task].type).MAIN_METRIC
 
 
+def new_folder(base: Path) -> Path:
+    """`base`, or `base_2`, `base_3`... when a study started in the same second has it; one line
+    when the folder cannot be made (a read-only or full disk)."""
+    for n in range(1, 1000):
+        folder = base if n == 1 else base.with_name(f"{base.name}_{n}")
+        with writing(folder, what="create the folder"):
+            try:
+                folder.mkdir(parents=True)
+                return folder
+            except FileExistsError:
+                continue
+    raise MtlError(f"could not find a free folder next to {base}; clean up {base.parent}")
+
+
 def run_transfer(cfg: MtlConfig, seeds: list[int], overrides: list[str] | None = None) -> dict:
     """Train (or reuse) every run of the study and write the report; returns the report dict."""
     runs_root = Path(cfg.runs_root)
     now = datetime.now()
-    out = runs_root / "transfer" / now.strftime("%Y-%m-%d") / f"{now.strftime('%H-%M-%S')}_{task_names_label(cfg.task)}"
-    out.mkdir(parents=True, exist_ok=False)
+    out = new_folder(runs_root / "transfer" / now.strftime("%Y-%m-%d") / f"{now:%H-%M-%S}_{task_names_label(cfg.task)}")
     baselines_root = runs_root / "baselines"
     record: dict[str, Any] = {"tasks": list(cfg.task), "seeds": seeds, "multi": {}, "single": {}}
     for seed in seeds:

@@ -239,6 +239,13 @@ RUN_CASES = {
     "bad checkpoint name": (["eval", "checkpoint=final"], "checkpoint must be best, last, best-<task> or step-<n>"),
     "unknown eval argument": (["eval", "foo=1"], "unknown argument 'foo=1'"),
     "task the run never trained": (["eval", "tasks=yelp"], "never trained task(s) ['yelp']"),
+    "batch size zero": (["eval", "batch_size=0"], "batch_size must be a positive whole number; got batch_size=0"),
+    "batch size not a number": (["eval", "batch_size=big"], "batch_size must be a positive whole number"),
+    "a flag neither true nor false": (["eval", "trust_remote_code=yes"], "trust_remote_code must be true or false"),
+    "data_root that is no folder": (
+        ["eval", "data_root=/nonexistent/data"],
+        "data_root=/nonexistent/data is not a folder",
+    ),
     "resume: not a run directory": (["resume"], "is not an mtl run directory"),
     "resume: half-written config": (["resume"], "config.yaml is unreadable"),
     "resume: with overrides": (["resume", "trainer.lr=1"], "a resumed run keeps the config it started with"),

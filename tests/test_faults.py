@@ -244,6 +244,8 @@ READ_ONLY = {
     "mtl eval": (lambda run: ["eval", str(run)], "evaluated (table above) but could not write"),
     "mtl train resume=": (lambda run: ["train", f"resume={run}"], "then continue with: mtl train resume="),
     "mtl train": (lambda run: ["train", *SHORT, f"runs_root={run.parent}"], "or set runs_root="),
+    "mtl transfer": (lambda run: ["transfer", *SHORT, f"runs_root={run.parent}"], "could not create the folder"),
+    "mtl data check": (lambda run: ["data", "check", "--out", str(run / "check.json")], "could not write"),
 }
 
 

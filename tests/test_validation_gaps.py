@@ -134,6 +134,11 @@ def gapdir(workdir: Path) -> Path:  # noqa: F811
     write(data / "pairint.csv", "text,other,label\n" + "".join(f"t {i},{i},{i % 2}\n" for i in range(40)))
     float_rows = [f"text {i}\t{'1.5' if i == 6 else i % 2}\n" for i in range(40)]
     write(data / "floatlabel.tsv", "text\tlabel\n" + "".join(float_rows))
+    labelled = "".join(f'{{"text": "t {i}", "label": {i % 2}}}\n' for i in range(40))
+    write(data / "nulllabel.jsonl", labelled + '{"text": "x", "label": null}\n')
+    write(data / "mixedlabel.jsonl", labelled + '{"text": "y", "label": "pos"}\n')
+    write(data / "listlabel.jsonl", "".join(f'{{"text": "t {i}", "label": [{i % 2}]}}\n' for i in range(40)))
+    write(data / "emptylabel.tsv", "text\tlabel\n" + "".join(f"text {i}\t{i % 2}\n" for i in range(40)) + "odd\t \n")
     (data / "adir").mkdir()
     os.symlink("loop.tsv", data / "loop.tsv")  # a link to itself
     os.symlink("nowhere.tsv", data / "dangling.tsv")
@@ -146,6 +151,10 @@ def gapdir(workdir: Path) -> Path:  # noqa: F811
         "pairint": "format: csv\ntext_pair_column: other\nfiles:\n  train: pairint.csv\n",
         "floatlabel": "format: tsv\nfiles:\n  train: floatlabel.tsv\n",
         "isdir": "format: tsv\nfiles:\n  train: adir\n",
+        "nulllabel": "format: jsonl\nfiles:\n  train: nulllabel.jsonl\n",
+        "mixedlabel": "format: jsonl\nfiles:\n  train: mixedlabel.jsonl\n",
+        "listlabel": "format: jsonl\nfiles:\n  train: listlabel.jsonl\n",
+        "emptylabel": "format: tsv\nfiles:\n  train: emptylabel.tsv\n",
         "loop": "format: tsv\nfiles:\n  train: loop.tsv\n",
         "dangling": "format: tsv\nfiles:\n  train: dangling.tsv\n",
         "notdir": "format: tsv\nfiles:\n  train: ok.tsv/inner.tsv\n",
@@ -181,6 +190,16 @@ DATA = {
         ["task=floatlabel"],
         "were read as decimal numbers because train row 7 holds 1.5",
     ),
+    "a label missing (JSON null)": (
+        ["task=nulllabel"],
+        "the train labels (column 'label'): train row 41 has no label (null)",
+    ),
+    "a label missing (empty cell)": (
+        ["task=emptylabel"],
+        "train row 41 has no label (empty); fill it in or drop that row",
+    ),
+    "labels of mixed kinds": (["task=mixedlabel"], "hold Json values, not one label name or number per example"),
+    "labels that are lists": (["task=listlabel"], "hold List values, not one label name or number per example"),
     "data path is a directory": (["task=isdir"], "is a directory, not a file; set task.isdir.files.train"),
     "data path is a symlink loop": (["task=loop"], "is a symbolic link loop"),
     "data path is a broken link": (["task=dangling"], "is a broken symbolic link (to nowhere.tsv)"),
@@ -200,7 +219,12 @@ def test_bad_data_names_the_real_cause(gapdir: Path, case: str) -> None:
 
 
 # A few of them through `mtl train`: one line, exit 2, nothing written.
-DATA_CLI = ["parquet texts are ints", "label column read as decimals", "data path is a symlink loop"]
+DATA_CLI = [
+    "parquet texts are ints",
+    "label column read as decimals",
+    "data path is a symlink loop",
+    "labels of mixed kinds",
+]
 
 
 @pytest.mark.parametrize("case", DATA_CLI)
