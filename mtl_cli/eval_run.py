@@ -10,7 +10,6 @@ from __future__ import annotations
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from mtl_cli.checkpoints import (
     check_checkpoint_origin,
@@ -31,20 +30,7 @@ from mtl_cli.tokenization import tokenize_tasks
 from mtl_cli.writers import WriteError, json_text, writing
 
 
-def evaluate_run(run: str, *args: Any, **kwargs: Any) -> dict:
-    """`_evaluate_run` while holding the run directory's lock (one writer per run: a run being trained,
-    resumed or evaluated by another process is refused before anything is read)."""
-    from mtl_cli.locks import run_lock
-    from mtl_cli.rundir import enclosing_run
-
-    if run == "latest":
-        run = str(find_latest_run(kwargs.get("runs_root", "runs")).path)
-    path = Path(run)
-    with run_lock(enclosing_run(path) or path, "evaluate"):  # a checkpoint inside a run locks the run
-        return _evaluate_run(run, *args, **kwargs)
-
-
-def _evaluate_run(
+def evaluate_run(
     run: str,
     split: str = "test",
     checkpoint: str = "best",
@@ -55,11 +41,34 @@ def _evaluate_run(
     trust_remote_code: bool = False,
     allow_changed_data: bool = False,
 ) -> dict:
-    """Returns {task: {metric: value}, "average": {...}} and writes eval/<checkpoint>_<split>.{md,csv,json}."""
+    """Returns {task: {metric: value}, "average": {...}} and writes eval/<checkpoint>_<split>.{md,csv,json}.
+
+    Holds the run directory's lock (one writer per run): a run that another process trains,
+    resumes or evaluates is refused before anything is read.
+    """
+    from mtl_cli.locks import run_lock
+    from mtl_cli.rundir import enclosing_run
+
+    path = find_latest_run(runs_root).path if run == "latest" else Path(run)
+    with run_lock(enclosing_run(path) or path, "evaluate"):  # a checkpoint inside a run locks the run
+        return _evaluate(
+            RunDir(path), split, checkpoint, tasks, data_root, batch_size, trust_remote_code, allow_changed_data
+        )
+
+
+def _evaluate(
+    run_dir: RunDir,
+    split: str,
+    checkpoint: str,
+    tasks: list[str] | None,
+    data_root: str | None,
+    batch_size: int | None,
+    trust_remote_code: bool,
+    allow_changed_data: bool,
+) -> dict:
     if split not in ("test", "validation"):
         raise MtlError(f"split must be test or validation; got split={split}")
     checkpoint = checkpoint_name(checkpoint)
-    run_dir = find_latest_run(runs_root) if run == "latest" else RunDir(Path(run))
     if is_checkpoint(run_dir.path) and run_dir.is_run():  # a checkpoint on its own, with its config.yaml
         ckpt, out = run_dir.path, RunDir(run_dir.path)
         problem = checkpoint_problem(ckpt)
