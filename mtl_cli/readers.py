@@ -43,10 +43,11 @@ def read_limited(path: Path, limit: int, follow_symlinks: bool = True) -> bytes:
         if err.errno == errno.ELOOP:
             raise UnusableFile(path, "is a symbolic link (or a loop of them), not a plain file") from None
         raise UnusableFile(path, f"cannot be read ({err.strerror or first_line(err)})") from None
+    mode = os.fstat(fd).st_mode  # before fdopen, which refuses a directory with its own error
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise UnusableFile(path, f"is a {'directory' if stat.S_ISDIR(mode) else 'special file'}, not a plain file")
     with os.fdopen(fd, "rb") as f:
-        mode = os.fstat(f.fileno()).st_mode
-        if not stat.S_ISREG(mode):
-            raise UnusableFile(path, f"is a {'directory' if stat.S_ISDIR(mode) else 'special file'}, not a plain file")
         data = f.read(limit + 1)
     if len(data) > limit:
         raise UnusableFile(path, f"is larger than {limit} bytes, far more than mtl writes there")

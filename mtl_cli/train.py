@@ -163,6 +163,8 @@ def _resume(run: RunDir, trust_remote_code: bool) -> dict:
     cfg = load_run_config(run.path, trust_remote_code)
     if run.results.is_file():
         raise MtlError(f"{run} has finished (results.json exists); nothing to resume. Evaluate it with mtl eval")
+    if run.checkpoints.exists() and not run.checkpoints.is_dir():
+        raise MtlError(f"{run.checkpoints} is not a folder; the run directory is damaged: restore it, or train again")
     for folder in (run.path, run.checkpoints):  # a read-only or full disk: refused before anything loads
         if folder.is_dir():
             check_writable(folder, f", then continue with: mtl train resume={run}")

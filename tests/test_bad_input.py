@@ -188,6 +188,13 @@ def make_run(case: str, runs: dict[str, Path], tmp_path: Path) -> Path:
             (run / name).unlink()
     elif case == "config.yaml cut short":
         (run / "config.yaml").write_text("task:\n  restaurants: {type: classif")
+    elif case == "config.yaml a folder":
+        (run / "config.yaml").unlink()
+        (run / "config.yaml").mkdir()
+    elif case == "resume: checkpoints is a file":
+        stopped(run)
+        shutil.rmtree(ckpts)
+        ckpts.write_text("not a folder\n")
     elif case == "config.yaml empty":
         (run / "config.yaml").write_text("")
     elif case == "missing checkpoint":
@@ -228,6 +235,7 @@ RUN_CASES = {
     "half-written run": (["eval"], "has no checkpoint yet; the run may have stopped before its first evaluation"),
     "config.yaml cut short": (["eval"], "config.yaml is unreadable"),
     "config.yaml empty": (["eval"], "config.yaml is empty"),
+    "config.yaml a folder": (["eval"], "config.yaml is a directory, not a plain file"),
     "missing checkpoint": (["eval"], "has no 'best' checkpoint"),
     "truncated checkpoint": (["eval"], "model.safetensors is"),
     "checkpoint from another encoder": (["eval"], "its encoder has config_overrides="),
@@ -249,6 +257,7 @@ RUN_CASES = {
     "resume: not a run directory": (["resume"], "is not an mtl run directory"),
     "resume: half-written config": (["resume"], "config.yaml is unreadable"),
     "resume: with overrides": (["resume", "trainer.lr=1"], "a resumed run keeps the config it started with"),
+    "resume: checkpoints is a file": (["resume"], "checkpoints is not a folder; the run directory is damaged"),
     "resume: finished run": (["resume"], "has finished (results.json exists); nothing to resume"),
     "resume: truncated last, nothing older": (["resume"], "optimizer.pt is"),
     "resume: data changed": (["resume"], "the training data of task(s) ['restaurants'] changed"),
