@@ -2,6 +2,8 @@
 
     mtl train [-m] [hydra overrides]     e.g. mtl train task=sentences/yelp+sentences/imdb
     mtl eval RUN_DIR [split=test] [checkpoint=best] [tasks=a+b] [data_root=...]
+    mtl predict RUN_DIR input=FILE [tasks=a+b] [out=FILE]   label new data with a trained run
+    mtl export RUN_DIR task=NAME out=DIR [format=auto]      one task as a standalone model (hf, onnx)
     mtl transfer [overrides] [seeds=[..]] single-task baselines vs the multi-task run
     mtl report FOLDER                    one table and plot across the runs under FOLDER
     mtl data check [overrides]           counts, labels, empty/over-long texts, duplicates, leakage
@@ -27,6 +29,13 @@ commands:
   train resume=RUN_DIR        continue a stopped run from its last checkpoint (Ctrl-C saves one)
   eval RUN_DIR [key=value]    evaluate a run's checkpoint: split=test|validation checkpoint=best|last|step-<n>
                               tasks=a+b data_root=DIR batch_size=N; RUN_DIR may be `latest`
+  predict RUN_DIR input=FILE [key=value]
+                              label new data: input=FILE|- (csv, tsv, jsonl, parquet, txt, conll) tasks=a+b
+                              checkpoint=best out=FILE(.jsonl|.csv; default: standard output) overwrite=true
+                              text_column=NAME text_pair_column=NAME batch_size=N logits=true
+  export RUN_DIR task=NAME out=DIR [format=auto|hf|onnx|both] [checkpoint=best]
+                              write one task as a model that runs without mtl: a transformers folder
+                              (where the task maps onto a transformers class) and/or one ONNX graph
   transfer [overrides] [seeds=[1,2,3]]
                               single-task baselines vs the multi-task run, per task and seed, with a
                               report (transfer.md/.png); e.g. mtl transfer task=sentences/yelp+sentences/imdb
@@ -115,8 +124,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     command, rest = argv[0], argv[1:]
     commands = {
-        "train": train_command, "eval": eval_command, "transfer": transfer_command, "report": report_command,
-        "data": data_command, "tasks": tasks_command,
+        "train": train_command, "eval": eval_command, "predict": predict_command, "export": export_command,
+        "transfer": transfer_command, "report": report_command, "data": data_command, "tasks": tasks_command,
     }  # fmt: skip
     if command not in commands:
         fail(f"unknown command '{command}'; use one of: {', '.join(commands)} (mtl --help)")
@@ -358,12 +367,101 @@ def eval_command(args: list[str]) -> None:
             args[0],
             split=opts.get("split", "test"),
             checkpoint=opts.get("checkpoint", "best"),
-            tasks=[t for t in re.split(r"[+,]", opts["tasks"]) if t] if opts.get("tasks") else None,
+            tasks=split_tasks(opts.get("tasks")),
             data_root=opts.get("data_root"),
             batch_size=positive_int(opts, "batch_size"),
             runs_root=opts.get("runs_root") or os.environ.get("MTL_RUNS_ROOT", "runs"),
             trust_remote_code=true_or_false(opts, "trust_remote_code"),
             allow_changed_data=true_or_false(opts, "allow_changed_data"),
+        )
+    except MtlError as err:
+        fail(str(err))
+
+
+def split_tasks(value: str | None) -> list[str] | None:
+    return [t for t in re.split(r"[+,]", value) if t] if value else None
+
+
+PREDICT_USAGE = (
+    "usage: mtl predict RUN_DIR|latest input=FILE|- [tasks=a+b] [checkpoint=best|last|best-<task>|step-<n>] "
+    "[out=FILE.jsonl|FILE.csv] [overwrite=true] [format=csv|tsv|jsonl|parquet|text|conll] [text_column=NAME] "
+    "[text_pair_column=NAME] [batch_size=N] [precision=auto|fp32|bf16] [logits=true] [trust_remote_code=true]"
+)
+
+
+def predict_command(args: list[str]) -> None:
+    if not args or args[0] in ("-h", "--help"):
+        print(PREDICT_USAGE)
+        return
+    allowed = {
+        "input": "file|-", "tasks": "a+b", "checkpoint": "best|last", "out": "file", "overwrite": "true|false",
+        "format": "csv|tsv|jsonl|parquet|text|conll", "text_column": "name", "text_pair_column": "name",
+        "batch_size": "n", "precision": "auto|fp32|bf16", "logits": "true|false", "runs_root": "dir",
+        "trust_remote_code": "true|false",
+    }  # fmt: skip
+    opts = parse_key_values(args[1:], allowed)
+    if opts.get("precision", "auto") not in ("auto", "fp32", "bf16"):
+        fail(f"precision must be auto (as the run trained), fp32 or bf16; got precision={opts['precision']}")
+    if not opts.get("input"):
+        fail("mtl predict needs input=FILE (or input=- for standard input); " + PREDICT_USAGE.removeprefix("usage: "))
+    from mtl_cli.errors import MtlError
+    from mtl_cli.predict import predict_run
+
+    try:
+        predict_run(
+            args[0],
+            opts["input"],
+            tasks=split_tasks(opts.get("tasks")),
+            checkpoint=opts.get("checkpoint", "best"),
+            out=opts.get("out"),
+            overwrite=true_or_false(opts, "overwrite"),
+            input_format=opts.get("format"),
+            text_column=opts.get("text_column"),
+            text_pair_column=opts.get("text_pair_column"),
+            batch_size=positive_int(opts, "batch_size"),
+            precision=opts.get("precision", "auto"),
+            logits=true_or_false(opts, "logits"),
+            runs_root=opts.get("runs_root") or os.environ.get("MTL_RUNS_ROOT", "runs"),
+            trust_remote_code=true_or_false(opts, "trust_remote_code"),
+        )
+    except MtlError as err:
+        fail(str(err))
+
+
+EXPORT_USAGE = (
+    "usage: mtl export RUN_DIR|latest task=NAME out=DIR [format=auto|hf|onnx|both] "
+    "[checkpoint=best|last|best-<task>|step-<n>] [overwrite=true] [trust_remote_code=true]"
+)
+
+
+def export_command(args: list[str]) -> None:
+    if not args or args[0] in ("-h", "--help"):
+        print(EXPORT_USAGE)
+        return
+    allowed = {
+        "task": "name", "out": "dir", "format": "auto|hf|onnx|both", "checkpoint": "best|last",
+        "overwrite": "true|false", "runs_root": "dir", "trust_remote_code": "true|false",
+    }  # fmt: skip
+    opts = parse_key_values(args[1:], allowed)
+    missing = [k for k in ("task", "out") if not opts.get(k)]
+    if missing:
+        fail(f"mtl export needs {' and '.join(k + '=' for k in missing)}; " + EXPORT_USAGE.removeprefix("usage: "))
+    formats = ("auto", "hf", "onnx", "both")
+    if opts.get("format", "auto") not in formats:
+        fail(f"format must be one of {', '.join(formats)}; got format={opts['format']}")
+    from mtl_cli.errors import MtlError
+    from mtl_cli.export import export_task
+
+    try:
+        export_task(
+            args[0],
+            task=opts["task"],
+            out=opts["out"],
+            export_format=opts.get("format", "auto"),
+            checkpoint=opts.get("checkpoint", "best"),
+            overwrite=true_or_false(opts, "overwrite"),
+            runs_root=opts.get("runs_root") or os.environ.get("MTL_RUNS_ROOT", "runs"),
+            trust_remote_code=true_or_false(opts, "trust_remote_code"),
         )
     except MtlError as err:
         fail(str(err))

@@ -11,22 +11,16 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from mtl_cli.checkpoints import (
-    check_checkpoint_origin,
-    checkpoint_name,
-    checkpoint_problem,
-    find_checkpoint,
-    is_checkpoint,
-    rebuild_model,
-)
+from mtl_cli.checkpoints import rebuild_model
 from mtl_cli.device import setup_torch, use_bf16
 from mtl_cli.errors import MtlError
 from mtl_cli.evaluate import Evaluator
 from mtl_cli.fingerprints import changed_splits
-from mtl_cli.rundir import RunDir, find_latest_run, load_run_config
+from mtl_cli.rundir import RunDir
 from mtl_cli.tables import print_table, table_rows, write_table
 from mtl_cli.tasks import load_tasks
 from mtl_cli.tokenization import tokenize_tasks
+from mtl_cli.trained import check_tasks, locate, run_path
 from mtl_cli.writers import WriteError, json_text, writing
 
 
@@ -49,7 +43,7 @@ def evaluate_run(
     from mtl_cli.locks import run_lock
     from mtl_cli.rundir import enclosing_run
 
-    path = find_latest_run(runs_root).path if run == "latest" else Path(run)
+    path = run_path(run, runs_root)
     with run_lock(enclosing_run(path) or path, "evaluate"):  # a checkpoint inside a run locks the run
         return _evaluate(
             RunDir(path), split, checkpoint, tasks, data_root, batch_size, trust_remote_code, allow_changed_data
@@ -68,21 +62,9 @@ def _evaluate(
 ) -> dict:
     if split not in ("test", "validation"):
         raise MtlError(f"split must be test or validation; got split={split}")
-    checkpoint = checkpoint_name(checkpoint)
-    if is_checkpoint(run_dir.path) and run_dir.is_run():  # a checkpoint on its own, with its config.yaml
-        ckpt, out = run_dir.path, RunDir(run_dir.path)
-        problem = checkpoint_problem(ckpt)
-        if problem is not None:
-            raise MtlError(f"{ckpt} is damaged: {problem}")
-    else:
-        ckpt, out = None, run_dir
-    cfg = load_run_config(run_dir.path, trust_remote_code)
-    ckpt = ckpt or find_checkpoint(run_dir, checkpoint)
-    labels, state = check_checkpoint_origin(run_dir.config, ckpt, cfg)
-    if tasks:
-        unknown = [t for t in tasks if t not in cfg.task]
-        if unknown:
-            raise MtlError(f"this run never trained task(s) {unknown}; its tasks are {list(cfg.task)} (tasks=...)")
+    found = locate(run_dir.path, checkpoint, trust_remote_code)
+    cfg, ckpt, out, labels, state = found.cfg, found.ckpt, found.out, found.labels, found.state
+    check_tasks(cfg, tasks)
     if data_root:
         if not Path(data_root).is_dir():
             raise MtlError(f"data_root={data_root} is not a folder; point it at the folder that holds the run's data")
@@ -107,7 +89,7 @@ def _evaluate(
     results = evaluator(split)
     rows = table_rows({split: results}, {n: {"examples": len(data[split][n]["input_ids"])} for n in loaded})
     clean = {task: {m: v for m, v in metrics.items() if m != "loss"} for task, metrics in results.items()}
-    name = ckpt.name if out.path == ckpt else checkpoint
+    name = found.name
     print_table(rows, f"{ckpt} on {split}")
     made = not out.eval_dir.exists()
     md = out.eval_table(name, split)
