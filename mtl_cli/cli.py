@@ -30,7 +30,7 @@ commands:
   eval RUN_DIR [key=value]    evaluate a run's checkpoint: split=test|validation checkpoint=best|last|step-<n>
                               tasks=a+b data_root=DIR batch_size=N; RUN_DIR may be `latest`
   predict RUN_DIR input=FILE [key=value]
-                              label new data: input=FILE|- (csv, tsv, jsonl, parquet, txt, conll) tasks=a+b
+                              label new data: input=FILE|- (csv, tsv, json, jsonl, parquet, txt, conll) tasks=a+b
                               checkpoint=best out=FILE(.jsonl|.csv; default: standard output) overwrite=true
                               text_column=NAME text_pair_column=NAME batch_size=N logits=true
   export RUN_DIR task=NAME out=DIR [format=auto|hf|onnx|both] [checkpoint=best]
@@ -384,7 +384,7 @@ def split_tasks(value: str | None) -> list[str] | None:
 
 PREDICT_USAGE = (
     "usage: mtl predict RUN_DIR|latest input=FILE|- [tasks=a+b] [checkpoint=best|last|best-<task>|step-<n>] "
-    "[out=FILE.jsonl|FILE.csv] [overwrite=true] [format=csv|tsv|jsonl|parquet|text|conll] [text_column=NAME] "
+    "[out=FILE.jsonl|FILE.csv] [overwrite=true] [format=csv|tsv|json|jsonl|parquet|text|conll] [text_column=NAME] "
     "[text_pair_column=NAME] [batch_size=N] [precision=auto|fp32|bf16] [logits=true] [trust_remote_code=true]"
 )
 
@@ -395,7 +395,7 @@ def predict_command(args: list[str]) -> None:
         return
     allowed = {
         "input": "file|-", "tasks": "a+b", "checkpoint": "best|last", "out": "file", "overwrite": "true|false",
-        "format": "csv|tsv|jsonl|parquet|text|conll", "text_column": "name", "text_pair_column": "name",
+        "format": "csv|tsv|json|jsonl|parquet|text|conll", "text_column": "name", "text_pair_column": "name",
         "batch_size": "n", "precision": "auto|fp32|bf16", "logits": "true|false", "runs_root": "dir",
         "trust_remote_code": "true|false",
     }  # fmt: skip

@@ -74,7 +74,11 @@ def check_tasks(cfg: Any, tasks: list[str] | None, key: str = "tasks") -> None:
 
 
 def load_trained(
-    run: str, checkpoint: str = "best", runs_root: str = "runs", trust_remote_code: bool = False, device: str | None = None
+    run: str,
+    checkpoint: str = "best",
+    runs_root: str = "runs",
+    trust_remote_code: bool = False,
+    device: str | None = None,
 ) -> Trained:
     """Locate a run's checkpoint and rebuild its model for inference (eval mode, no gradients)."""
     from mtl_cli.device import setup_torch, use_bf16
