@@ -34,7 +34,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from mtl_cli.encoders import encoder_from_checkpoint, load_encoder, resolve_source
+from mtl_cli.encoders import checkpoint_tokenizer, encoder_from_checkpoint, load_encoder, resolve_source
 from mtl_cli.errors import MtlError, first_line
 from mtl_cli.interrupts import deferred
 from mtl_cli.model import build_model
@@ -463,12 +463,15 @@ def rebuild_model(ckpt: Path, cfg: Any, labels: dict) -> tuple[Any, Any]:
         # built: its random init draws from the RNG; every tensor it draws is then overwritten.)
         torch.manual_seed(base["seed"])
         base_encoder, _ = load_encoder(cfg.encoder)
+        # Task-marker rows next, as training adds them (add_task_markers): their random init draws
+        # from the same RNG state only if nothing else has drawn since the seed.
+        vocab = len(checkpoint_tokenizer(ckpt))
+        if base_encoder.get_input_embeddings().weight.shape[0] != vocab:
+            base_encoder.resize_token_embeddings(vocab)
     check_architecture(ckpt, sum(p.numel() for p in base_encoder.parameters()) if base_encoder is not None else 0)
     encoder, tokenizer = encoder_from_checkpoint(ckpt)
     if base_encoder is not None:
         encoder = base_encoder
-        if encoder.get_input_embeddings().weight.shape[0] != len(tokenizer):
-            encoder.resize_token_embeddings(len(tokenizer))
     model = build_model(encoder, cfg.task, labels, cfg.sharing)
     if base is not None and hasattr(model.trunk, "check_base"):
         model.trunk.check_base(base)

@@ -66,15 +66,29 @@ def drop_pooler(model: Any) -> Any:
 
 def encoder_from_checkpoint(ckpt_dir: Path) -> tuple[Any, Any]:
     """Rebuild the architecture from the checkpoint's own config: no Hub, no original weights."""
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers import AutoConfig, AutoModel
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    tokenizer = checkpoint_tokenizer(ckpt_dir)
     try:  # trust_remote_code stays off: a checkpoint's config never brings code to run
         config = AutoConfig.from_pretrained(ckpt_dir / "encoder")
-        tokenizer = AutoTokenizer.from_pretrained(ckpt_dir / "tokenizer")
         return drop_pooler(AutoModel.from_config(config)), tokenizer
     except Exception as err:
         raise MtlError(
             f"cannot rebuild the encoder of {ckpt_dir} ({first_line(err)}); the checkpoint is damaged"
+        ) from None
+
+
+def checkpoint_tokenizer(ckpt_dir: Path) -> Any:
+    """The tokenizer a checkpoint holds (task markers included)."""
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    try:
+        return AutoTokenizer.from_pretrained(ckpt_dir / "tokenizer")
+    except Exception as err:
+        raise MtlError(
+            f"cannot load the tokenizer of {ckpt_dir} ({first_line(err)}); the checkpoint is damaged"
         ) from None

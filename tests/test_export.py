@@ -50,9 +50,12 @@ RUNS = {
         "task.ner.task_marker=embedding",
         "task.pairs.task_marker=prefix",
     ],
-    # No prefix marker with adapters: such a random-init run cannot be reloaded at all (mtl eval
-    # neither): the rebuilt base draws its marker rows after other random numbers than in training.
-    "adapters": ["task=[ner,topics]", "sharing=adapters", "task.ner.task_marker=embedding"],
+    "adapters": [
+        "task=[ner,topics]",
+        "sharing=adapters",
+        "task.ner.task_marker=embedding",
+        "task.topics.task_marker=prefix",
+    ],
     "mmoe": [
         "task=[ner,demo/restaurants]",
         "sharing=mmoe",
