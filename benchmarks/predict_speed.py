@@ -6,7 +6,7 @@
 
 The texts are the first N lines of the file (a UCI sentiment file: its first column). Each method
 labels all of them with the same thread count (one per physical core), in `--repeats` interleaved
-rounds after one warm-up pass; the figure is the median examples/s of the rounds:
+rounds (each method warmed up first); the figure is the median examples/s of the rounds:
 
   mtl_predict   mtl_cli.predict.predict_run in this process (length-sorted batches, inference_mode,
                 the run's precision); seconds of the prediction phase, as its log line reports them
@@ -15,7 +15,7 @@ rounds after one warm-up pass; the figure is the median examples/s of the rounds
   onnxruntime   onnxruntime.InferenceSession(<export dir>/model.onnx) on length-sorted batches of B,
                 tokenized with the exported tokenizer, intra-op threads = torch's thread count
 
-The exported models run in a subprocess that does not import mtl (as a user runs them). The
+The exported models run in subprocesses that do not import mtl (as a user runs them), one per method. The
 1-minute load average before and after is recorded: about the thread count on an idle machine.
 """
 
@@ -42,7 +42,7 @@ texts = [line.rstrip("\n") for line in open(args["texts"], encoding="utf-8")]
 out = {}
 from transformers import AutoTokenizer
 tokenizer = AutoTokenizer.from_pretrained(args["dir"])
-if args["pipeline"]:
+if args["method"] == "hf_pipeline":
     from transformers import pipeline
     kind = args["pipeline"]
     extra = {"aggregation_strategy": "first"} if kind == "token-classification" else {}
@@ -54,6 +54,8 @@ if args["pipeline"]:
         pipe(texts)
         rates.append(len(texts) / (time.perf_counter() - began))
     out["hf_pipeline"] = rates
+    print(json.dumps(out))
+    sys.exit(0)
 import onnxruntime as ort
 options = ort.SessionOptions()
 options.intra_op_num_threads = args["threads"]
@@ -92,7 +94,7 @@ def main() -> None:
     parser.add_argument("--texts", required=True, help="a text file; its first tab-separated column is used")
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", default="predict_bench.json")
     args = parser.parse_args()
 
@@ -117,23 +119,26 @@ def main() -> None:
         pipeline_kind = PIPELINES.get(task_type) if (export_dir / "model.safetensors").is_file() else None
         common = {"tasks": [args.task], "batch_size": args.batch_size, "overwrite": True}
         predict_run(str(located.run.path), str(text_file), out=str(Path(tmp) / "warm.jsonl"), **common)
-        mtl_rates = []
-        for r in range(args.repeats):
-            torch.set_num_threads(threads)
-            result = predict_run(str(located.run.path), str(text_file), out=str(Path(tmp) / f"p{r}.jsonl"), **common)
-            mtl_rates.append(result["examples_per_s"])
         worker_args = {
             "dir": str(export_dir), "texts": str(text_file), "threads": threads, "batch_size": args.batch_size,
-            "repeats": args.repeats, "pipeline": pipeline_kind,
+            "repeats": 1,
         }  # fmt: skip
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        done = subprocess.run(
-            [sys.executable, "-c", WORKER, json.dumps(worker_args)], capture_output=True, text=True, env=env, cwd=tmp
-        )
-        if done.returncode != 0:
-            sys.exit(f"the export worker failed:\n{done.stderr[-3000:]}")
-        others = json.loads(done.stdout.strip().splitlines()[-1])
-    rates = {"mtl_predict": mtl_rates, **others}
+        methods = (["hf_pipeline"] if pipeline_kind else []) + ["onnxruntime"]
+        rates: dict[str, list[float]] = {"mtl_predict": [], **{m: [] for m in methods}}
+        for r in range(args.repeats):  # interleaved rounds: a slower spell of the machine hits every method
+            torch.set_num_threads(threads)
+            result = predict_run(str(located.run.path), str(text_file), out=str(Path(tmp) / f"p{r}.jsonl"), **common)
+            rates["mtl_predict"].append(result["examples_per_s"])
+            # One process per method (each warms up first): torch's idle threads would spin beside onnxruntime's.
+            for method in methods:
+                done = subprocess.run(
+                    [sys.executable, "-c", WORKER, json.dumps({**worker_args, "method": method, "pipeline": pipeline_kind})],
+                    capture_output=True, text=True, env=env, cwd=tmp,
+                )  # fmt: skip
+                if done.returncode != 0:
+                    sys.exit(f"the {method} worker failed:\n{done.stderr[-3000:]}")
+                rates[method].extend(json.loads(done.stdout.strip().splitlines()[-1])[method])
     medians = {name: statistics.median(r) for name, r in rates.items()}
     report = {
         "run": str(located.run.path),

@@ -21,7 +21,7 @@ from mtl_cli.fingerprints import file_digest
 
 # Zero-width characters and stray byte-order marks: a line holding only these (and whitespace) is blank.
 # WNUT-17's dev.conll ends with a line holding a lone BOM.
-_INVISIBLE = dict.fromkeys(map(ord, "\ufeff\u200b\u200c\u200d\u2060"))
+INVISIBLE = dict.fromkeys(map(ord, "\ufeff\u200b\u200c\u200d\u2060"))
 
 
 class ConllFormatError(Exception):
@@ -50,7 +50,7 @@ def read_sentences(path: str, encoding: str = "utf-8") -> Iterator[dict[str, lis
             if lineno == 1:
                 line = line.removeprefix("\ufeff")
             line = line.rstrip("\r\n")
-            if not line.translate(_INVISIBLE).strip():
+            if not line.translate(INVISIBLE).strip():
                 if tokens:
                     yield {"tokens": tokens, "tags": tags}
                     tokens, tags = [], []

@@ -34,7 +34,7 @@ import numpy as np
 
 from mtl_cli import task_types
 from mtl_cli.config import TaskConfig
-from mtl_cli.conll import _INVISIBLE  # the training reader's blank-line rule, so both split sentences alike
+from mtl_cli.conll import INVISIBLE  # the training reader's blank-line rule, so both split sentences alike
 from mtl_cli.errors import MtlError, first_line
 from mtl_cli.labels import raw_to_name
 from mtl_cli.task_types.multilabel import split_labels
@@ -266,7 +266,7 @@ def _conll(text: str, name: str) -> tuple[list[dict], list[str]]:
             tags.clear()
 
     for lineno, line in enumerate(_lines(text), start=1):
-        if not line.translate(_INVISIBLE).strip():
+        if not line.translate(INVISIBLE).strip():
             flush()
             continue
         fields = [x.strip() for x in line.split("\t")] if "\t" in line else line.split()
@@ -493,10 +493,10 @@ def gold_tags(
     name: str, cfg: TaskConfig, labels: list[str], values: list, words: list[list[str]], data: Input, column: str
 ) -> list[list[int]]:
     """Tag ids per word, the tags read as training reads them: `label_map`, then plain, BIOES and
-    IOB1 tags as BIO (token_classification._to_bio). A string of tags is split on whitespace (csv)."""
+    IOB1 tags as BIO (token_classification.to_bio). A string of tags is split on whitespace (csv)."""
     import datasets
 
-    from mtl_cli.task_types.token_classification import _to_bio, tag_scheme
+    from mtl_cli.task_types.token_classification import tag_scheme, to_bio
 
     sentences = []
     for i, (tags, ws) in enumerate(zip(values, words, strict=True)):
@@ -516,7 +516,7 @@ def gold_tags(
         raise MtlError(f"{data.name}: column '{column}' mixes tags with and without B-/I- prefixes; write BIO tags")
     features = datasets.Features({"tags": datasets.Sequence(datasets.Value("string"))})
     ds = datasets.Dataset.from_dict({"tags": sentences}, features=features)
-    flat, offsets, names, _ = _to_bio(name, "input", ds, to_name)
+    flat, offsets, names, _ = to_bio(name, "input", ds, to_name)
     ids = {label: i for i, label in enumerate(labels)}
     tag_ids = np.array([ids.get(n, -1) for n in names], dtype=np.int64)[flat]
     if (tag_ids < 0).any():

@@ -458,3 +458,25 @@ def test_a_run_without_checkpoints_is_one_line(mtl, runs: dict[str, Path], tmp_p
     proc = mtl("export", str(run), "task=ner", f"out={tmp_path / 'exp'}", cwd=tmp_path)
     assert_one_line_error(proc, "has no checkpoint yet")
     assert tree_digest(run) == before and not (tmp_path / "exp").exists()
+
+
+@pytest.mark.slow
+def test_inference_benchmark_measures_every_method(runs: dict[str, Path], tmp_path: Path) -> None:
+    """benchmarks/predict_speed.py end to end on a tiny run: mtl predict, the hf pipeline and onnxruntime
+    each label the same texts, and the report holds their rates and ratios (checked for being there,
+    not for speed)."""
+    from tests.conftest import REPO
+
+    texts = write(tmp_path / "texts.txt", "".join(f"{t}\t1\n" for t in TEXTS))
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "predict_speed.py"), str(runs["hard"]), "--task", "ner",
+         "--texts", str(texts), "--n", "6", "--batch-size", "4", "--repeats", "1", "--out", str(out)],
+        cwd=tmp_path, capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["examples"] == min(6, len(TEXTS)) and report["task_type"] == "token_classification"
+    assert set(report["examples_per_second"]) == {"mtl_predict", "hf_pipeline", "onnxruntime"}
+    assert all(v > 0 for v in report["examples_per_second"].values())
+    assert set(report["ratios"]) == {"mtl_over_hf_pipeline", "mtl_over_onnxruntime"}

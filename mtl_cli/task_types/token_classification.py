@@ -142,7 +142,7 @@ def _bio_labels(labels: list[str]) -> list[str]:
     return out
 
 
-def _to_bio(name: str, split: str, ds: Any, to_name: Any) -> tuple[Any, Any, list[str], dict]:
+def to_bio(name: str, split: str, ds: Any, to_name: Any) -> tuple[Any, Any, list[str], dict]:
     """Every tag of a split as its BIO name: (flat names as an index into `names`, sentence offsets, names, changes).
 
     Vectorised over the flattened tags: whether a tag starts an entity depends only on the tag
@@ -238,7 +238,7 @@ def prepare(name: str, cfg: TaskConfig, raw: Any) -> tuple[Any, list[str]]:
             row = next(i for i, tags in enumerate(ds["tags"]) if None in tags)
             raise MtlError(f"task '{name}': {split} sentence {row + 1} has a missing tag; fix the data")
     scheme = _check_scheme(name, cfg, raw, namers)
-    converted = {split: _to_bio(name, split, ds, namers[split]) for split, ds in raw.items()}
+    converted = {split: to_bio(name, split, ds, namers[split]) for split, ds in raw.items()}
     _log_conversion(name, scheme, [c[3] for c in converted.values() if c[3]])
     flat, _, names, _ = converted["train"] if "train" in converted else next(iter(converted.values()))
     labels = _label_names(name, cfg, {names[i] for i in np.unique(flat)})
