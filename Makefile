@@ -7,7 +7,7 @@ TORCH := torch==2.13.0
 SRC := mtl_cli tests benchmarks
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast lint check bench clean
+.PHONY: help install demo test test-all lint check bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -26,18 +26,20 @@ demo: install ## train and evaluate the offline demo (MiniLM, packaged reviews),
 	$(BIN)/mtl train experiment=demo
 	$(BIN)/mtl eval latest
 
-test: install ## run the whole test suite (real-data tests skip if ../shared/data is absent)
-	$(BIN)/pytest --durations=10
+# The default suite's tests are small (one torch thread each), so they run on every core (pytest-xdist);
+# the slow ones train real models on every core themselves, so they run one at a time.
+test: install ## the default test suite: everything but the `slow` tests (real-data training, benchmarks)
+	$(BIN)/pytest -m "not slow" -n auto --durations=10
 
-test-fast: install ## the suite without the slow (real-data, pretrained) tests
-	$(BIN)/pytest -m "not slow"
+test-all: test ## the whole suite: the default one, then the `slow` tests (real-data tests skip without ../shared/data)
+	$(BIN)/pytest -m slow --durations=10
 
 lint: install ## ruff (lint and format check, no rewrite) and mypy
 	$(BIN)/ruff check $(SRC)
 	$(BIN)/ruff format --check $(SRC)
 	$(BIN)/mypy $(SRC)
 
-check: lint test ## lint + types + tests, as CI runs them
+check: lint test-all ## lint + types + the whole suite, as CI runs them
 
 bench: install ## throughput: mtl vs a hand-written loop vs HF Trainer (MiniLM, FDU-MTL; ~10 min), writes bench.json
 	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
