@@ -55,13 +55,19 @@ class TaskBatches:
         return [batches[i] for i in rng.permutation(len(batches))]
 
     def next_batch(self) -> dict:
+        return self.next_batches(1)[0]
+
+    def next_batches(self, parts: int) -> list[dict]:
+        """The next planned batch, collated as `parts` micro-batches (gradient accumulation); one
+        part is the batch itself. Each part is padded to its own longest row."""
         if self.batch >= len(self._batches):
             self.epoch, self.batch = self.epoch + 1, 0
             self._batches = self._plan()
         idx = self._batches[self.batch]
         rng = np.random.default_rng([self.seed, self.epoch, self.batch])  # e.g. MLM masking
         self.batch += 1
-        return self.collate(rows(self.columns, idx), self.pad_id, rng)
+        pieces = np.array_split(idx, min(parts, len(idx))) if parts > 1 else [idx]
+        return [self.collate(rows(self.columns, piece), self.pad_id, rng) for piece in pieces]
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "batch": self.batch}

@@ -234,6 +234,9 @@ class TrainerConfig:
     # When set, the run takes exactly this many optimizer steps and `epochs` is ignored.
     max_steps: int | None = None
     batch_size: int = 32
+    # Each optimizer step sums the gradients of this many batches of `batch_size` (one forward and
+    # backward each): the step sees batch_size x K examples, with the memory of one batch.
+    gradient_accumulation_steps: int = 1
     eval_batch_size: int = 64
     lr: float = 1e-4
     weight_decay: float = 0.01

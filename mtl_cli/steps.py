@@ -1,5 +1,6 @@
 """One optimizer step: the step's task batches through the model, the loss weighting's backward,
-clipping, and the update (withheld when a loss or the gradient is not finite)."""
+clipping, and the update (withheld when a loss or the gradient is not finite); with
+trainer.gradient_accumulation_steps > 1, each batch as that many micro-batches."""
 
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ class StepResult:
 
 
 def train_step(parts: Any, tasks: list[str]) -> StepResult:
+    if parts.cfg.trainer.gradient_accumulation_steps > 1:
+        return accumulated_step(parts, tasks)
     began = time.perf_counter()
     losses, batches = {}, {}
     examples: dict[str, int] = {}
@@ -43,16 +46,55 @@ def train_step(parts: Any, tasks: list[str]) -> StepResult:
     problem = next((f"loss of task '{t}' is {v}" for t, v in values.items() if not math.isfinite(v)), None)
     if problem is None:
         parts.weighting.backward(losses, parts.shared)
+    return finish_step(parts, StepResult(tasks, values, batches, examples, real, processed, [], began, problem))
+
+
+def accumulated_step(parts: Any, tasks: list[str]) -> StepResult:
+    """trainer.gradient_accumulation_steps = K: each task's batch (batch_size x K examples, planned as
+    one) runs as K micro-batches, one forward and backward each. A micro-batch's loss is scaled by
+    its share of the batch's examples, so the summed gradient is that of the whole batch's mean
+    loss (for per-token losses, the mean of the micro-batches' token means, weighted by examples).
+    Only loss weightings whose backward is linear in the losses allow this (validation)."""
+    began = time.perf_counter()
+    values: dict[str, float] = {}
+    batches: dict[str, dict] = {}
+    examples: dict[str, int] = {}
+    real = processed = 0
+    problem = None
+    for task in tasks:
+        micro = parts.batches[task].next_batches(parts.cfg.trainer.gradient_accumulation_steps)
+        total = sum(b["input_ids"].shape[0] for b in micro)
+        values[task], examples[task] = 0.0, total
+        for part in micro:
+            batch = {k: v.to(parts.device) for k, v in part.items()}
+            real += int(batch["attention_mask"].sum())
+            processed += batch["input_ids"].numel()
+            if problem is not None:
+                continue  # the batch is drawn (positions stay as planned), the update is withheld anyway
+            batches[task] = batch  # the non-finite dump keeps the micro-batch that failed
+            with autocast(parts.device, parts.bf16):
+                loss = parts.types[task].loss(parts.model(task, batch), batch) * (batch["input_ids"].shape[0] / total)
+            value = loss.item()
+            values[task] += value
+            if not math.isfinite(value):
+                problem = f"loss of task '{task}' is {value}"
+                continue
+            parts.weighting.backward({task: loss}, parts.shared)
+    return finish_step(parts, StepResult(tasks, values, batches, examples, real, processed, [], began, problem))
+
+
+def finish_step(parts: Any, step: StepResult) -> StepResult:
+    """Clip, update (unless the step has a problem), advance the schedule; `step.seconds` holds the start time."""
+    if step.problem is None:
         max_norm = parts.cfg.trainer.max_grad_norm
         if max_norm > 0:
             norm = float(clip_grad_norm_(parts.model.parameters(), max_norm))
             if not math.isfinite(norm):
-                problem = f"gradient norm of task(s) {'+'.join(losses)} is {norm}"
-    if problem is None:
+                step.problem = f"gradient norm of task(s) {'+'.join(step.losses)} is {norm}"
+    if step.problem is None:
         parts.optimizer.step()
     parts.optimizer.zero_grad(set_to_none=True)
-    lr = parts.scheduler.get_last_lr()
+    step.lr = parts.scheduler.get_last_lr()
     parts.scheduler.step()
-    return StepResult(
-        tasks, values, batches, examples, real, processed, lr, time.perf_counter() - began, problem
-    )  # fmt: skip
+    step.seconds = time.perf_counter() - step.seconds
+    return step

@@ -205,7 +205,7 @@ def prepare(cfg: MtlConfig) -> Setup:
     # Gradient methods need every task's loss at the same step: a step then holds one batch of
     # each task, and an epoch (all examples seen once) takes that many fewer steps.
     per_step = len(sizes) if method.NEEDS_ALL_TASKS else 1
-    steps_per_epoch = math.ceil(sum(sizes.values()) / (t.batch_size * per_step))
+    steps_per_epoch = math.ceil(sum(sizes.values()) / (t.batch_size * t.gradient_accumulation_steps * per_step))
     total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
     return Setup(
         cfg, device, tasks, data_report, encoder, tokenizer, data, sampler,
@@ -274,14 +274,24 @@ def build(s: Setup, run: RunDir, resumed: bool = False) -> Parts:
             cfg.mixing.name, {k: round(v, 4) for k, v in s.sampler.probabilities.items()}, cfg.loss_weighting.name,
         )  # fmt: skip
     log.info(
-        "%d steps (%.2f epochs of %d steps), eval every %d",
+        "%d steps (%.2f epochs of %d steps), eval every %d%s",
         s.total_steps, s.total_steps / s.steps_per_epoch, s.steps_per_epoch, s.eval_every,
+        f"; each step {t.gradient_accumulation_steps} accumulated batches of {t.batch_size}"
+        if t.gradient_accumulation_steps > 1 else "",
     )  # fmt: skip
     opt, sched = build_optimizer(model, t, s.total_steps, s.weighting.parameters())
     types = {n: task_types.get(tc.type) for n, tc in cfg.task.items()}
     pad = s.tokenizer.pad_token_id
     batches = {
-        name: TaskBatches(d, types[name].collate, t.batch_size, pad, cfg.seed * 1000 + i, group=t.length_grouping)
+        # Planned at the step's size; steps.accumulated_step cuts each into micro-batches of batch_size.
+        name: TaskBatches(
+            d,
+            types[name].collate,
+            t.batch_size * t.gradient_accumulation_steps,
+            pad,
+            cfg.seed * 1000 + i,
+            group=t.length_grouping,
+        )
         for i, (name, d) in enumerate(s.data["train"].items())
     }
     if t.compile:

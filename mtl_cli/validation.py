@@ -179,6 +179,12 @@ def validate_loss_weighting(cfg: MtlConfig) -> None:
             f"loss_weighting={lw.name} balances every task at every step, so tasks cannot stop early: "
             "drop trainer.early_stopping_patience or choose another loss_weighting"
         )
+    if cfg.trainer.gradient_accumulation_steps > 1 and not method.SUPPORTS_ACCUMULATION:
+        raise MtlError(
+            f"loss_weighting={lw.name} needs each step's whole task losses at once, so it cannot accumulate "
+            "gradients over micro-batches: raise trainer.batch_size instead of trainer.gradient_accumulation_steps, "
+            "or use loss_weighting=equal|static|dwa"
+        )
     unknown = set(lw.weights) - set(cfg.task)
     if unknown:
         raise MtlError(f"`loss_weighting.weights` names unknown task(s) {sorted(unknown)}; tasks: {list(cfg.task)}")
@@ -190,7 +196,8 @@ def validate_loss_weighting(cfg: MtlConfig) -> None:
 
 def validate_trainer(cfg: MtlConfig) -> None:
     t = cfg.trainer
-    positive = {"lr": t.lr, "batch_size": t.batch_size, "eval_batch_size": t.eval_batch_size, "log_every": t.log_every}
+    positive = {"lr": t.lr, "batch_size": t.batch_size, "eval_batch_size": t.eval_batch_size, "log_every": t.log_every,
+                "gradient_accumulation_steps": t.gradient_accumulation_steps}  # fmt: skip
     for key, value in positive.items():
         if value <= 0:
             raise MtlError(f"`trainer.{key}` must be positive; got {value}")

@@ -84,7 +84,7 @@ def test_unknown_name_gives_one_line_listing_the_registry(family: str, get) -> N
 @pytest.mark.parametrize("name", loss_weighting.METHODS)
 def test_loss_weighting_flags(name: str) -> None:
     module = loss_weighting.get(name)
-    flags = ("NEEDS_ALL_TASKS", "ACTS_ON_SHARED_GRADIENTS", "SUPPORTS_EARLY_STOPPING")
+    flags = ("NEEDS_ALL_TASKS", "ACTS_ON_SHARED_GRADIENTS", "SUPPORTS_EARLY_STOPPING", "SUPPORTS_ACCUMULATION")
     assert all(isinstance(getattr(module, flag), bool) for flag in flags)
     # The built object reads its module's flag: one source for the training loop and validation.
     built = module.build(LossWeightingConfig(name=name), ["a", "b"], 10)

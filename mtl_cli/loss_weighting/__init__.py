@@ -1,6 +1,6 @@
 """Loss weighting and gradient combination: how the tasks' losses (or gradients) make one update.
 
-Each method is one module with `build(cfg, tasks, steps_per_epoch) -> Weighting` and three flags
+Each method is one module with `build(cfg, tasks, steps_per_epoch) -> Weighting` and four flags
 saying what it can do, read by validation and the training loop:
 
     NEEDS_ALL_TASKS            True: every step holds one batch of every task (GradNorm, PCGrad,
@@ -8,6 +8,8 @@ saying what it can do, read by validation and the training loop:
     ACTS_ON_SHARED_GRADIENTS   True: it changes the shared parameters' gradients, so a sharing
                                scheme that freezes the encoder leaves it nothing to act on
     SUPPORTS_EARLY_STOPPING    False: it needs every task at every step (trainer.early_stopping_patience)
+    SUPPORTS_ACCUMULATION      True: its backward is linear in the losses, so trainer.gradient_accumulation_steps
+                               can call it once per micro-batch (the loss scaled by its share of the step)
 
 A weighting has
 

@@ -19,6 +19,7 @@ from mtl_cli.loss_weighting.surgery import cagrad_with_weights, task_gradients, 
 NEEDS_ALL_TASKS = True
 ACTS_ON_SHARED_GRADIENTS = True
 SUPPORTS_EARLY_STOPPING = True
+SUPPORTS_ACCUMULATION = False
 
 
 class CAGrad:

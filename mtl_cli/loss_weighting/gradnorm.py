@@ -32,6 +32,7 @@ from mtl_cli.errors import MtlError
 NEEDS_ALL_TASKS = True
 ACTS_ON_SHARED_GRADIENTS = True
 SUPPORTS_EARLY_STOPPING = False
+SUPPORTS_ACCUMULATION = False
 
 # Renormalisation floor: a weight Adam pushed to or below 0 comes back as a small positive one.
 MIN_WEIGHT = 1e-4

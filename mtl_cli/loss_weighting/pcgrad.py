@@ -17,6 +17,7 @@ from mtl_cli.loss_weighting.surgery import pcgrad, task_gradients, write_gradien
 NEEDS_ALL_TASKS = True
 ACTS_ON_SHARED_GRADIENTS = True
 SUPPORTS_EARLY_STOPPING = True
+SUPPORTS_ACCUMULATION = False
 
 
 class PCGrad:

@@ -14,6 +14,7 @@ from mtl_cli.loss_weighting.weighted import weighted_backward
 NEEDS_ALL_TASKS = False
 ACTS_ON_SHARED_GRADIENTS = False
 SUPPORTS_EARLY_STOPPING = True
+SUPPORTS_ACCUMULATION = True
 
 
 class Static:

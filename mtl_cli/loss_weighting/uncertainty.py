@@ -28,6 +28,7 @@ from mtl_cli.config import LossWeightingConfig
 NEEDS_ALL_TASKS = False
 ACTS_ON_SHARED_GRADIENTS = False
 SUPPORTS_EARLY_STOPPING = True
+SUPPORTS_ACCUMULATION = False
 
 
 class Uncertainty:
