@@ -59,6 +59,7 @@ from typing import Any
 
 from mtl_cli.errors import MtlError, first_line
 from mtl_cli.interrupts import deferred
+from mtl_cli.readers import UnusableFile, read_json
 from mtl_cli.rundir import enclosing_run, looks_like_run
 from mtl_cli.tokenization import marker_token
 from mtl_cli.writers import write_text, writing
@@ -202,9 +203,9 @@ def _inside(path: Path, folder: Path) -> bool:
 
 def is_export(folder: Path) -> bool:
     """An earlier `mtl export` folder (config.json with the export key): what overwrite=true may replace."""
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    try:  # the checked reader: a FIFO or a huge file named config.json is no export, not a hang
+        config = read_json(folder / "config.json", 1 << 20)
+    except UnusableFile:
         return False
     return isinstance(config, dict) and EXPORT_KEY in config
 

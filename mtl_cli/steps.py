@@ -46,7 +46,7 @@ def train_step(parts: Any, tasks: list[str]) -> StepResult:
     problem = next((f"loss of task '{t}' is {v}" for t, v in values.items() if not math.isfinite(v)), None)
     if problem is None:
         parts.weighting.backward(losses, parts.shared)
-    return finish_step(parts, StepResult(tasks, values, batches, examples, real, processed, [], began, problem))
+    return finish_step(parts, StepResult(tasks, values, batches, examples, real, processed, [], 0.0, problem), began)
 
 
 def accumulated_step(parts: Any, tasks: list[str]) -> StepResult:
@@ -80,11 +80,11 @@ def accumulated_step(parts: Any, tasks: list[str]) -> StepResult:
                 problem = f"loss of task '{task}' is {value}"
                 continue
             parts.weighting.backward({task: loss}, parts.shared)
-    return finish_step(parts, StepResult(tasks, values, batches, examples, real, processed, [], began, problem))
+    return finish_step(parts, StepResult(tasks, values, batches, examples, real, processed, [], 0.0, problem), began)
 
 
-def finish_step(parts: Any, step: StepResult) -> StepResult:
-    """Clip, update (unless the step has a problem), advance the schedule; `step.seconds` holds the start time."""
+def finish_step(parts: Any, step: StepResult, began: float) -> StepResult:
+    """Clip, update (unless the step has a problem), advance the schedule; the step took since `began`."""
     if step.problem is None:
         max_norm = parts.cfg.trainer.max_grad_norm
         if max_norm > 0:
@@ -96,5 +96,5 @@ def finish_step(parts: Any, step: StepResult) -> StepResult:
     parts.optimizer.zero_grad(set_to_none=True)
     step.lr = parts.scheduler.get_last_lr()
     parts.scheduler.step()
-    step.seconds = time.perf_counter() - step.seconds
+    step.seconds = time.perf_counter() - began
     return step
