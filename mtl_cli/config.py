@@ -99,6 +99,8 @@ class Precision(Choice):
     auto = "auto"
     fp32 = "fp32"
     bf16 = "bf16"
+    # float16 autocast with a gradient scaler: CUDA only (refused on a CPU).
+    fp16 = "fp16"
 
 
 class NonFinite(Choice):
@@ -281,6 +283,13 @@ class TrainerConfig:
     # "auto" uses a GPU when one is visible, else the CPU; cpu, cuda[:N] and mps must exist here.
     device: str = "auto"
     progress: bool = True
+    # Data-parallel training (torch.distributed DDP, one process per device): None trains in as many
+    # processes as the launcher started (torchrun, accelerate launch; one without a launcher);
+    # N > 1 makes `mtl train` start N processes itself through torch's elastic launcher (torchrun's
+    # engine). batch_size is per process: a step sees batch_size x gradient_accumulation_steps x N.
+    devices: int | None = None
+    # Seconds a process waits for the others at a collective (a rank that hangs or died) before it fails.
+    distributed_timeout: int = 300
 
 
 @dataclass
@@ -294,6 +303,9 @@ class MtlConfig:
     data_root: str | None = None
     runs_root: str = "runs"
     seed: int = 42
+    # What `mtl train` returns to a Hydra sweeper (hydra/sweeper=optuna maximises it): the validation
+    # average of this metric at the best checkpoint (`main`: each task type's main metric).
+    objective: str = "main"
 
 
 # A run directory is `<time>_<label>` (a sweep job's `<n>_<label>`, `_2` for a second run in the
