@@ -9,6 +9,7 @@ resumed run needs.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,15 @@ import torch
 from mtl_cli.errors import MtlError
 
 Columns = dict[str, list]
+
+
+@dataclass
+class Drawn:
+    """One planned batch as this process trains it."""
+
+    pieces: list[dict]  # collated micro-batches (one without accumulation)
+    shares: list[float]  # each piece's share of the planned batch's examples (0 for a stand-in)
+    examples: int  # examples in the planned batch, over all ranks
 
 
 def rows(columns: Columns, idx) -> list[dict]:
@@ -55,19 +65,30 @@ class TaskBatches:
         return [batches[i] for i in rng.permutation(len(batches))]
 
     def next_batch(self) -> dict:
-        return self.next_batches(1)[0]
+        return self.draw(1).pieces[0]
 
     def next_batches(self, parts: int) -> list[dict]:
-        """The next planned batch, collated as `parts` micro-batches (gradient accumulation); one
-        part is the batch itself. Each part is padded to its own longest row."""
+        return self.draw(parts).pieces
+
+    def draw(self, parts: int, rank: int = 0, world: int = 1) -> Drawn:
+        """The next planned batch: this rank's slice of it (`world` > 1, data parallel), collated as
+        `parts` micro-batches (gradient accumulation), each padded to its own longest row."""
         if self.batch >= len(self._batches):
             self.epoch, self.batch = self.epoch + 1, 0
             self._batches = self._plan()
         idx = self._batches[self.batch]
         rng = np.random.default_rng([self.seed, self.epoch, self.batch])  # e.g. MLM masking
         self.batch += 1
-        pieces = np.array_split(idx, min(parts, len(idx))) if parts > 1 else [idx]
-        return [self.collate(rows(self.columns, piece), self.pad_id, rng) for piece in pieces]
+        mine = np.array_split(idx, world)[rank] if world > 1 else idx
+        if len(mine) == 0:
+            # An epoch's last batch with fewer examples than ranks: a stand-in example with no weight
+            # keeps this rank's forward and backward in step with the others (DDP reduces every step).
+            pieces, shares = [idx[:1]], [0.0]
+        else:
+            pieces = np.array_split(mine, min(parts, len(mine))) if parts > 1 else [mine]
+            shares = [len(piece) / len(idx) for piece in pieces]
+        batches = [self.collate(rows(self.columns, piece), self.pad_id, rng) for piece in pieces]
+        return Drawn(batches, shares, len(idx))
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "batch": self.batch}

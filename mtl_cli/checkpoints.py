@@ -34,6 +34,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from mtl_cli.distributed import writes
 from mtl_cli.encoders import checkpoint_tokenizer, encoder_from_checkpoint, load_encoder, resolve_source
 from mtl_cli.errors import MtlError, first_line
 from mtl_cli.interrupts import deferred
@@ -121,6 +122,8 @@ def save_checkpoint(
 
     `keep` > 1 keeps the previous versions as `step-<n>` beside it (the newest `keep - 1`).
     """
+    if not writes():  # a distributed run's other ranks: rank 0 writes
+        return
     import torch
     from safetensors.torch import save_file
 
@@ -532,6 +535,8 @@ def read_base_reference(path: Path) -> dict:
 
 def dump_nonfinite(folder: Path, model: Any, batches: dict, info: dict) -> None:
     """debug/step-<n>/: the weights the failing forward pass used, its batches and what went wrong."""
+    if not writes():  # a distributed run's other ranks: rank 0 writes
+        return
     from safetensors.torch import save_file
 
     made = [p for p in (folder.parent, folder) if not p.exists()]

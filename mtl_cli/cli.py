@@ -173,11 +173,78 @@ def train_command(args: list[str]) -> None:
             check_runs_writable(overrides, multirun)  # before Hydra makes the run's folder
         except MtlError as err:
             fail(str(err))
+        try:
+            if data_parallel(args, overrides, config_dir, multirun):
+                return
+        except MtlError as err:
+            fail(str(err))
     from mtl_cli.sweeps import SWEEP
 
     SWEEP.start(overrides if multirun else None)
     sys.argv = ["mtl train", *args]
     hydra_train()
+
+
+def data_parallel(args: list[str], overrides: list[str], config_dir: str | None, multirun: bool) -> bool:
+    """Train data-parallel when asked: inside a launcher's process (torchrun, accelerate launch) this
+    process trains as its rank; with trainer.devices=N > 1 and no launcher, torch's elastic launcher
+    starts the N ranks. False: an ordinary one-process run (or sweep)."""
+    from mtl_cli.compose import compose_config
+    from mtl_cli.distributed import launched_world
+    from mtl_cli.errors import MtlError
+
+    world = launched_world()
+    own = [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/", "override hydra"))]
+    if not world.distributed:
+        devices = compose_config(own, config_dir).trainer.get("devices")
+        if not isinstance(devices, int) or devices <= 1:
+            return False
+        if multirun:
+            raise MtlError(
+                f"trainer.devices={devices} in a sweep (-m): sweep jobs run in this process; start each job "
+                "with trainer.devices, or run the sweep on a launcher (hydra/launcher=submitit_slurm)"
+            )
+        sys.exit(launch_ranks(devices, ["train", *args]))
+    if multirun:
+        raise MtlError(
+            f"a sweep (-m) inside torchrun ({world.size} processes): run each job as its own torchrun command"
+        )
+    from mtl_cli.train import train
+
+    cfg = compose_config(own, config_dir)
+    named = [o.partition("=")[2] for o in overrides if o.lstrip("+~").startswith("hydra.run.dir=")]
+    run_dir = Path(named[-1]) if named and "${" not in named[-1] else None
+    rank_run(lambda: train(cfg, run_dir=run_dir, overrides=overrides), world.rank)
+    return True
+
+
+def launch_ranks(devices: int, argv: list[str]) -> int:
+    """trainer.devices=N: N ranks of this command on this machine (torchrun --standalone's engine)."""
+    import logging
+
+    from mtl_cli.distributed import launch
+
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)  # each rank says why it stopped
+    print(f"mtl: starting {devices} processes (torch.distributed elastic launcher)", file=sys.stderr)
+    return launch(devices, argv)
+
+
+def rank_run(work, rank: int) -> None:
+    """Run a distributed rank's training: its one-line error (prefixed with its rank beyond 0), and a
+    failed peer (a collective broken by a rank that died) as one line, not a traceback."""
+    from mtl_cli.errors import MtlError, first_line
+
+    prefix = f"rank {rank}: " if rank else ""
+    try:
+        work()
+    except MtlError as err:
+        fail(prefix + str(err), err.exit_code)
+    except KeyboardInterrupt:
+        raise
+    except Exception as err:
+        if "torch.distributed" not in type(err).__module__ and "Gloo" not in str(err) and "NCCL" not in str(err):
+            raise
+        fail(f"rank {rank}: stopped: another process of the run failed or stopped ({first_line(err)})", 1)
 
 
 def shell_completion_arg(args: list[str]) -> str | None:
@@ -216,6 +283,15 @@ def resume_command(run_dir: str, rest: list[str]) -> None:
     if not run_dir:
         fail("resume= needs a run directory: mtl train resume=runs/<date>/<time>_<tasks>")
     try:
+        from mtl_cli.distributed import launched_world
+
+        world = launched_world()
+        if not world.distributed:
+            devices = resume_devices(Path(run_dir))
+            if devices > 1:  # a run started with trainer.devices=N goes on on N processes
+                sys.exit(launch_ranks(devices, ["train", f"resume={run_dir}", *rest]))
+        else:
+            return rank_run(lambda: resume(Path(run_dir), trust_remote_code=len(rest) > len(extra)), world.rank)
         resume(Path(run_dir), trust_remote_code=len(rest) > len(extra))
     except MtlError as err:
         fail(str(err), err.exit_code)
@@ -226,6 +302,18 @@ def resume_command(run_dir: str, rest: list[str]) -> None:
             f"{signal_name(err)}: stopped before training went on; nothing was trained: mtl train resume={run_dir}",
             exit_code(err),
         )
+
+
+def resume_devices(run_dir: Path) -> int:
+    """trainer.devices of the run's config.yaml (1 when it cannot be read: resume then says why)."""
+    from mtl_cli.errors import MtlError
+    from mtl_cli.rundir import load_run_config
+
+    try:
+        devices = load_run_config(run_dir).trainer.devices
+    except MtlError:
+        return 1
+    return devices or 1
 
 
 def hydra_train() -> None:

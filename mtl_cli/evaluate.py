@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from mtl_cli import task_types
+from mtl_cli import distributed, task_types
 from mtl_cli.batches import eval_batches
 from mtl_cli.checkpoints import load_weights
 from mtl_cli.device import autocast
@@ -22,18 +22,28 @@ log = logging.getLogger("mtl")
 
 @torch.inference_mode()
 def evaluate_task(model: Any, task: str, ttype: Any, columns: dict, labels: Any, batch_size: int, pad_id: int) -> dict:
-    preds, golds = [], []
-    total_loss, count = 0.0, 0
+    """In a distributed run each rank scores every world-size-th batch and the batches are gathered
+    back into order, so every rank gets exactly the metrics of a 1-process evaluation."""
+    world = distributed.WORLD
+    scored = []  # (batch number, predictions, golds, loss x examples, examples)
     device = next(model.parameters()).device
-    for batch in eval_batches(columns, ttype.collate, batch_size, pad_id):
+    for i, batch in enumerate(eval_batches(columns, ttype.collate, batch_size, pad_id)):
+        if i % world.size != world.rank:
+            continue  # collated all the same: MLM masking draws from one generator in batch order
         batch = {k: v.to(device) for k, v in batch.items()}
         output = model(task, batch)
         n = batch["input_ids"].shape[0]
-        total_loss += ttype.loss(output, batch).item() * n
-        count += n
         p, g = ttype.predict(output, batch)
+        scored.append((i, p, g, ttype.loss(output, batch).item() * n, n))
+    if world.distributed:
+        scored = sorted((b for part in distributed.gather(scored) for b in part), key=lambda b: b[0])
+    preds, golds = [], []
+    total_loss, count = 0.0, 0
+    for _, p, g, batch_loss, n in scored:
         preds.extend(p)
         golds.extend(g)
+        total_loss += batch_loss
+        count += n
     loss = total_loss / max(count, 1)
     return {**ttype.metrics(preds, golds, labels, loss), "loss": loss}
 
@@ -98,12 +108,12 @@ def final_results(parts: Any, state: Any, stopping: Any) -> dict:
     (`best-<task>`), and the table says which step each task's figures come from.
     """
     run, evaluator = parts.run, parts.evaluator
-    load_weights(parts.model, run.checkpoint("best"))
+    load_saved(parts.model, run.checkpoint("best"))
     results = {split: evaluator(split) for split in ("validation", "test")}
     steps = dict.fromkeys(parts.types, state.best_step)
     if stopping is not None:
         for task, step in stopping.best_points().items():
-            load_weights(parts.model, run.checkpoint(f"best-{task}"))
+            load_saved(parts.model, run.checkpoint(f"best-{task}"))
             for split, per_task in results.items():
                 per_task[task] = evaluator(split, [task])[task]
             steps[task] = step
@@ -122,17 +132,27 @@ def final_results(parts: Any, state: Any, stopping: Any) -> dict:
     }
     rows = table_rows(results, extra)
     what = "each task's own best checkpoint (best_step)" if stopping else f"checkpoints/best (step {state.best_step})"
-    write_table(run.table, rows, f"Per-task metrics of {what}; {state.step} steps trained.\n\n")
     test = {task: {m: v for m, v in metrics.items() if m != "loss"} for task, metrics in results["test"].items()}
-    write_json(run.results, test)
-    training_curves(run.metrics, run.curves, {n: tt.MAIN_METRIC for n, tt in parts.types.items()})
-    print_table(rows, f"{run} ({what})")
+    if distributed.writes():
+        write_table(run.table, rows, f"Per-task metrics of {what}; {state.step} steps trained.\n\n")
+        write_json(run.results, test)
+        training_curves(run.metrics, run.curves, {n: tt.MAIN_METRIC for n, tt in parts.types.items()})
+        print_table(rows, f"{run} ({what})")
     log.info("results (test split): %s", test)
     return {"run_dir": str(run), "results": test, "validation": results["validation"], "best_step": state.best_step}
 
 
+def load_saved(model: Any, ckpt: Any) -> None:
+    """A checkpoint of this run into `model`: in a distributed run rank 0 reads it and sends the weights
+    to the others (no other rank reads run files; on several machines they may not see them)."""
+    distributed.share(lambda: load_weights(model, ckpt))
+    distributed.broadcast_weights(model)
+
+
 def write_interrupted_table(parts: Any, state: Any) -> None:
     """metrics.md of a stopped run: the last validation, until the resumed run writes the final table."""
+    if not distributed.writes():
+        return
     rows = table_rows({"validation": state.validation}, {})
     note = (
         f"Interrupted at step {state.step}: validation metrics of the last evaluation; "

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -59,12 +60,15 @@ def _main_thread() -> bool:
 class StopRequest:
     """A context manager holding the first stop signal received (`signum`), or None.
 
-    `at_once`: every signal raises Interrupted; otherwise only the second does.
+    `at_once`: every signal raises Interrupted; otherwise only the second does. A second signal
+    within `grace` seconds of the first is the same request: a launcher (torchrun) passes a Ctrl-C
+    on to its workers, which got it from the terminal already.
     """
 
-    def __init__(self, at_once: bool = False) -> None:
-        self.at_once = at_once
+    def __init__(self, at_once: bool = False, grace: float = 0.0) -> None:
+        self.at_once, self.grace = at_once, grace
         self.signum: int | None = None
+        self._first = 0.0
         self._previous: dict = {}
 
     def __enter__(self) -> StopRequest:
@@ -78,9 +82,11 @@ class StopRequest:
         self._previous = {}
 
     def handle(self, signum: int, frame=None) -> None:
+        if self.signum is not None and time.monotonic() - self._first < self.grace:
+            return
         if self.at_once or self.signum is not None:
             raise Interrupted(signum)  # the second signal: stop at once
-        self.signum = signum
+        self.signum, self._first = signum, time.monotonic()
 
     @property
     def requested(self) -> bool:

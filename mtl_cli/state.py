@@ -44,6 +44,8 @@ class TrainState:
     config_sha256: str = ""
     # The sharing trunk's running statistics (MMoE: gate sums since the last evaluation); {} for others.
     trunk: dict = field(default_factory=dict)
+    # Data-parallel processes that trained it: a resume needs as many (each step's batch depends on it).
+    world_size: int = 1
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -147,6 +149,7 @@ FIELD_CHECKS = {  # field: (check, what it must be)
     "encoder": (_object, "the encoder's settings"),
     "config_sha256": (_text, "a hash"),
     "trunk": (_mapping(_mapping(lambda v: _count(v) or _list(_number)(v))), "the trunk's statistics"),
+    "world_size": (lambda v: _count(v) and v >= 1, "a number of processes"),
 }
 
 

@@ -1,16 +1,19 @@
 """One optimizer step: the step's task batches through the model, the loss weighting's backward,
 clipping, and the update (withheld when a loss or the gradient is not finite); with
-trainer.gradient_accumulation_steps > 1, each batch as that many micro-batches."""
+trainer.gradient_accumulation_steps > 1, each batch as that many micro-batches; in a distributed
+run, each rank's slice of the batch through DDP."""
 
 from __future__ import annotations
 
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 from torch.nn.utils import clip_grad_norm_
 
+from mtl_cli import distributed
 from mtl_cli.device import autocast
 
 
@@ -29,6 +32,8 @@ class StepResult:
 
 
 def train_step(parts: Any, tasks: list[str]) -> StepResult:
+    if parts.world.distributed:
+        return parallel_step(parts, tasks)
     if parts.cfg.trainer.gradient_accumulation_steps > 1:
         return accumulated_step(parts, tasks)
     began = time.perf_counter()
@@ -81,6 +86,40 @@ def accumulated_step(parts: Any, tasks: list[str]) -> StepResult:
                 continue
             parts.weighting.backward({task: loss}, parts.shared)
     return finish_step(parts, StepResult(tasks, values, batches, examples, real, processed, [], 0.0, problem), began)
+
+
+def parallel_step(parts: Any, tasks: list[str]) -> StepResult:
+    """Data parallel: every rank plans the same batch (batch_size x K x world size examples) and runs
+    its own slice as K micro-batches through DDP, which all-reduces (averages) the gradients in the
+    last backward only. Each micro-batch's loss is scaled by its share of the whole batch times the
+    world size, so the average is the gradient of the whole batch's mean loss, as on one process
+    with the same batch. Every rank runs every backward, even of a non-finite loss (the update is
+    then withheld on all of them): a rank that skipped one would leave the others waiting in it."""
+    began = time.perf_counter()
+    world = parts.world.size
+    values: dict[str, float] = {}
+    batches: dict[str, dict] = {}
+    examples: dict[str, int] = {}
+    real = processed = 0
+    for task in tasks:  # one task: validation refuses the weightings that need all of them at a step
+        drawn = parts.batches[task].draw(parts.cfg.trainer.gradient_accumulation_steps, parts.world.rank, world)
+        values[task], examples[task] = 0.0, drawn.examples
+        for i, (part, share) in enumerate(zip(drawn.pieces, drawn.shares, strict=True)):
+            batch = batches[task] = {k: v.to(parts.device) for k, v in part.items()}
+            if share:
+                real += int(batch["attention_mask"].sum())
+                processed += batch["input_ids"].numel()
+            with nullcontext() if i == len(drawn.pieces) - 1 else parts.ddp.no_sync():
+                with autocast(parts.device, parts.bf16):
+                    loss = parts.types[task].loss(parts.ddp(task, batch), batch) * (share * world)
+                values[task] += loss.item() / world
+                parts.weighting.backward({task: loss}, parts.shared)
+    *losses, real_all, processed_all = distributed.all_sum([*values.values(), real, processed], parts.device)
+    values = dict(zip(values, losses, strict=True))
+    distributed.average_gradients(parts.weighting.parameters())
+    problem = next((f"loss of task '{t}' is {v}" for t, v in values.items() if not math.isfinite(v)), None)
+    step = StepResult(tasks, values, batches, examples, int(real_all), int(processed_all), [], 0.0, problem)
+    return finish_step(parts, step, began)
 
 
 def finish_step(parts: Any, step: StepResult, began: float) -> StepResult:

@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from mtl_cli import loss_weighting, task_types
+from mtl_cli import distributed, loss_weighting, task_types
 from mtl_cli.batches import TaskBatches
 from mtl_cli.callbacks import Callback, Stop
 from mtl_cli.callbacks.affinity import AffinityProbe
@@ -46,6 +46,7 @@ from mtl_cli.checkpoints import (
 from mtl_cli.config import MtlConfig, task_names_label
 from mtl_cli.datacheck import check_tasks, report_warnings
 from mtl_cli.device import bf16_supported, physical_cores, setup_torch, use_bf16
+from mtl_cli.distributed import World
 from mtl_cli.encoders import load_encoder
 from mtl_cli.errors import MtlError, first_line
 from mtl_cli.evaluate import Evaluation, Evaluator, final_results, write_interrupted_table
@@ -86,6 +87,7 @@ class Setup:
     data_fingerprint: dict[str, str]
     model: MultiTaskModel  # built here, so that the sharing scheme's limits are checked before any folder
     split_fingerprints: dict[str, dict[str, str]] | None = None  # task -> split -> hash of its examples
+    world: World = World()  # this process's rank among the data-parallel processes
 
 
 @dataclass
@@ -112,6 +114,8 @@ class Parts:
     total_steps: int
     eval_every: int
     steps_per_epoch: int
+    world: World
+    ddp: Any  # what training steps call: the model, or its DistributedDataParallel wrapper
 
 
 def train(cfg: DictConfig | MtlConfig, run_dir: Path | None = None, overrides: list[str] | None = None) -> dict:
@@ -123,29 +127,54 @@ def train(cfg: DictConfig | MtlConfig, run_dir: Path | None = None, overrides: l
     typed = absolute_paths(to_typed(cfg) if isinstance(cfg, DictConfig) else cfg)
     if run_dir is not None:
         check_run_dir_path(run_dir)  # not inside another run, a name the filesystem takes: before any loading
-    setup_logging(None)
-    setup = prepare(typed)
-    base = run_dir or new_run_dir(typed.runs_root, task_names_label(typed.task))
-    claimed = claim(base, OmegaConf.to_yaml(OmegaConf.structured(typed)))  # and locked while this process runs
-    state: TrainState | None = None
-    try:
-        run = claimed.run
-        write_text(run.overrides, OmegaConf.to_yaml(OmegaConf.create(list(overrides or []))))
-        parts = build(setup, run)
-        state = new_state(parts, setup)
-        return run_to_end(parts, setup, state)
-    except BaseException as err:
-        if state is not None and state.step > 0:
-            raise
-        # Nothing was trained: the folder this process claimed goes (an earlier run's never).
+    t = typed.trainer
+    with distributed.session(t.devices, distributed.device_kind(t.device), t.distributed_timeout) as world:
+        check_distributed(typed, world)
         setup_logging(None)
-        claimed.discard()
-        if isinstance(err, MtlError) and err.exit_code > 128:  # a signal before the first step: nothing to resume
-            name = signal_name(err.exit_code - 128)
-            raise MtlError(f"{name}: stopped before training started; nothing was saved", err.exit_code) from None
-        raise
-    finally:
-        claimed.release()
+        setup = prepare(typed, world)
+        claimed: Any = None
+
+        def claim_run() -> Path:  # rank 0's; the others train into the directory it claimed
+            nonlocal claimed
+            base = run_dir or new_run_dir(typed.runs_root, task_names_label(typed.task))
+            claimed = claim(base, OmegaConf.to_yaml(OmegaConf.structured(typed)))  # locked while this process runs
+            return claimed.run.path
+
+        run = RunDir(distributed.share(claim_run))
+        state: TrainState | None = None
+        try:
+            write_text(run.overrides, OmegaConf.to_yaml(OmegaConf.create(list(overrides or []))))
+            parts = build(setup, run)
+            state = new_state(parts, setup)
+            return run_to_end(parts, setup, state)
+        except BaseException as err:
+            if state is not None and state.step > 0:
+                raise
+            # Nothing was trained: the folder this process claimed goes (an earlier run's never).
+            setup_logging(None)
+            if claimed is not None:
+                claimed.discard()
+            if isinstance(err, MtlError) and err.exit_code > 128:  # a signal before the first step: nothing to resume
+                name = signal_name(err.exit_code - 128)
+                raise MtlError(f"{name}: stopped before training started; nothing was saved", err.exit_code) from None
+            raise
+        finally:
+            if claimed is not None:
+                claimed.release()
+
+
+def check_distributed(cfg: MtlConfig, world: World) -> None:
+    """What data parallelism cannot do the way one process does, refused in one line."""
+    if not world.distributed:
+        return
+    name = cfg.loss_weighting.name
+    if loss_weighting.get(name).NEEDS_ALL_TASKS or name == "dwa":
+        raise MtlError(
+            f"loss_weighting={name} is not supported on {world.size} processes ("
+            + ("it combines per-task gradients that each process would compute on its own shard"
+               if name != "dwa" else "its weights follow each process's own losses")
+            + "); use loss_weighting=equal, static or uncertainty, or train on one process"
+        )  # fmt: skip
 
 
 def resume(run_dir: Path, trust_remote_code: bool = False) -> dict:
@@ -155,12 +184,17 @@ def resume(run_dir: Path, trust_remote_code: bool = False) -> dict:
     all continue from the checkpoint, so on CPU the run ends exactly as an uninterrupted one
     would. A run killed before its first checkpoint starts again from step 0.
     """
-    with run_lock(Path(run_dir), "resume"):  # one writer per run: before anything is read or written
-        return _resume(RunDir(Path(run_dir)), trust_remote_code)
+    cfg = load_run_config(Path(run_dir), trust_remote_code)
+    t = cfg.trainer
+    with distributed.session(t.devices, distributed.device_kind(t.device), t.distributed_timeout) as world:
+        check_distributed(cfg, world)
+        if not world.writes:  # rank 0 holds the lock for all of them
+            return _resume(RunDir(Path(run_dir)), cfg, world)
+        with run_lock(Path(run_dir), "resume"):  # one writer per run: before anything is read or written
+            return _resume(RunDir(Path(run_dir)), cfg, world)
 
 
-def _resume(run: RunDir, trust_remote_code: bool) -> dict:
-    cfg = load_run_config(run.path, trust_remote_code)
+def _resume(run: RunDir, cfg: MtlConfig, world: World) -> dict:
     if run.results.is_file():
         raise MtlError(f"{run} has finished (results.json exists); nothing to resume. Evaluate it with mtl eval")
     if run.checkpoints.exists() and not run.checkpoints.is_dir():
@@ -174,7 +208,7 @@ def _resume(run: RunDir, trust_remote_code: bool) -> dict:
         if not (ckpt / TRAINING_STATE).is_file():
             raise MtlError(f"{ckpt} has no {TRAINING_STATE} (the training state); it cannot be resumed from")
     setup_logging(None)
-    setup = prepare(cfg)
+    setup = prepare(cfg, world)
     state = new_state_from(ckpt, setup) if ckpt is not None else None  # checked before anything is written
     parts = build(setup, run, resumed=True)
     if state is None or ckpt is None:
@@ -189,10 +223,14 @@ def _resume(run: RunDir, trust_remote_code: bool) -> dict:
     return run_to_end(parts, setup, state)
 
 
-def prepare(cfg: MtlConfig) -> Setup:
-    t = cfg.trainer
+def prepare(cfg: MtlConfig, world: World | None = None) -> Setup:
+    t, world = cfg.trainer, world or World()
     tasks = load_tasks(cfg)  # data mistakes surface before the encoder is loaded
-    device = setup_torch(t.device, t.threads)
+    # The ranks on one machine share its cores; each a device of its own on GPUs.
+    threads = t.threads or max(1, physical_cores() // world.local_size)
+    device = setup_torch(t.device, threads)
+    if world.distributed and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
     data_report = check_tasks(tasks, full=False)  # duplicates and leakage: cheap, hashes only
     torch.manual_seed(cfg.seed)  # a random-init encoder draws its weights here
     encoder, tokenizer = load_encoder(cfg.encoder)
@@ -205,13 +243,14 @@ def prepare(cfg: MtlConfig) -> Setup:
     # Gradient methods need every task's loss at the same step: a step then holds one batch of
     # each task, and an epoch (all examples seen once) takes that many fewer steps.
     per_step = len(sizes) if method.NEEDS_ALL_TASKS else 1
-    steps_per_epoch = math.ceil(sum(sizes.values()) / (t.batch_size * t.gradient_accumulation_steps * per_step))
+    step_size = t.batch_size * t.gradient_accumulation_steps * world.size * per_step
+    steps_per_epoch = math.ceil(sum(sizes.values()) / step_size)
     total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
     return Setup(
         cfg, device, tasks, data_report, encoder, tokenizer, data, sampler,
         method.build(cfg.loss_weighting, list(sizes), steps_per_epoch), steps_per_epoch, total_steps,
         min(t.eval_every or steps_per_epoch, total_steps), data_fingerprint(data["train"]),
-        built_model(cfg, encoder, tasks), split_fingerprints=split_fingerprints(tasks),
+        built_model(cfg, encoder, tasks), split_fingerprints=split_fingerprints(tasks), world=world,
     )  # fmt: skip
 
 
@@ -247,13 +286,22 @@ def check_positions(cfg: MtlConfig, encoder: Any) -> None:
 
 def build(s: Setup, run: RunDir, resumed: bool = False) -> Parts:
     """Logging into the run directory, the model, optimizer, batch streams and evaluator."""
-    cfg, t = s.cfg, s.cfg.trainer
-    setup_logging(run.log)
+    cfg, t, world = s.cfg, s.cfg.trainer, s.world
+    setup_logging(run.log if world.writes else None)
+    if not world.writes:  # rank 0 logs for the run; the others only say what goes wrong
+        log.setLevel(logging.WARNING)
     log.info("%s directory: %s", "resuming run" if resumed else "run", run)
     log.info(
         "device: %s, torch threads: %d (%s)", s.device, torch.get_num_threads(),
-        "trainer.threads" if t.threads else f"one per physical core: {physical_cores()}",
+        "trainer.threads" if t.threads else f"one per physical core: {physical_cores()}"
+        + (f", shared by {world.local_size} processes" if world.local_size > 1 else ""),
     )  # fmt: skip
+    if world.distributed:
+        log.info(
+            "data parallel: %d processes (%s), each step %d examples per task batch (%d per process)",
+            world.size, "nccl" if s.device.type == "cuda" else "gloo",
+            t.batch_size * t.gradient_accumulation_steps * world.size, t.batch_size * t.gradient_accumulation_steps,
+        )  # fmt: skip
     for name, task in s.tasks.items():
         log.info("task %s (%s): %s labels %s", name, task.cfg.type, task.sizes(), task.labels)
     write_json(run.data_check, s.data_report)
@@ -287,7 +335,7 @@ def build(s: Setup, run: RunDir, resumed: bool = False) -> Parts:
         name: TaskBatches(
             d,
             types[name].collate,
-            t.batch_size * t.gradient_accumulation_steps,
+            t.batch_size * t.gradient_accumulation_steps * world.size,  # every rank takes its slice
             pad,
             cfg.seed * 1000 + i,
             group=t.length_grouping,
@@ -310,7 +358,7 @@ def build(s: Setup, run: RunDir, resumed: bool = False) -> Parts:
     return Parts(
         cfg, run, model, s.tokenizer, labels, types, opt, sched, s.sampler, batches, s.data, s.weighting,
         model.shared_parameters(), s.device, bf16, evaluator, base_reference(cfg, model),
-        s.total_steps, s.eval_every, s.steps_per_epoch,
+        s.total_steps, s.eval_every, s.steps_per_epoch, world, distributed.wrap(model, s.device),
     )  # fmt: skip
 
 
@@ -331,12 +379,21 @@ def new_state(parts: Parts, s: Setup) -> TrainState:
         split_fingerprints=s.split_fingerprints or {},
         encoder=asdict(parts.cfg.encoder),
         config_sha256=config_digest(parts.run.config),
+        world_size=parts.world.size,
     )
 
 
 def new_state_from(ckpt: Path, s: Setup) -> TrainState:
     """The checkpoint's state, refused if the training data changed since it was saved."""
     state = TrainState.from_json(read_checkpoint_state(ckpt)[1])
+    if state.world_size != s.world.size:
+        # The batch each step plans is batch_size x world size: another world size is another run.
+        raise MtlError(
+            f"{ckpt} was trained on {state.world_size} process(es), this resume has {s.world.size}; resume it on "
+            f"{state.world_size}: "
+            + (f"torchrun --nproc_per_node {state.world_size} -m mtl_cli train resume=<run>"
+               if state.world_size > 1 else "mtl train resume=<run> without a launcher")
+        )  # fmt: skip
     # Every column of the tokenized training data: texts, labels, tags (a checkpoint written before
     # labels were hashed is compared on its input_ids).
     changed = changed_tasks(state.data_fingerprint or s.data_fingerprint, s.data_fingerprint, s.data["train"])
@@ -388,7 +445,7 @@ def run_to_end(parts: Parts, s: Setup, state: TrainState) -> dict:
     scoring = False
     try:
         with StopRequest(at_once=True):  # also when train() is called without the CLI
-            with StopRequest() as signals:
+            with StopRequest(grace=2.0 if parts.world.distributed else 0.0) as signals:
                 stop = fit(parts, state, callbacks, signals)
             if signals.signum is not None:
                 interrupted(parts, state, callbacks, signals.signum)
@@ -435,7 +492,7 @@ def fit(parts: Parts, state: TrainState, callbacks: list[Callback], signals: Sto
     t = parts.cfg.trainer
     all_tasks = parts.weighting.needs_all_tasks
     parts.model.train()
-    with progress_bar(t.progress, parts.total_steps, state.step, t.log_every) as bar:
+    with progress_bar(t.progress and parts.world.writes, parts.total_steps, state.step, t.log_every) as bar:
         while state.step < parts.total_steps:
             tasks = [n for n in parts.batches if n in state.active] if all_tasks else [parts.sampler.next_task()]
             if not tasks:  # resumed after every task had stopped early
@@ -460,6 +517,8 @@ def fit(parts: Parts, state: TrainState, callbacks: list[Callback], signals: Sto
                     return stop
             elif t.save_every and state.step % t.save_every == 0:
                 save_last(parts, state, callbacks)
+            if parts.world.distributed:  # a signal to any rank stops them all after the same step
+                signals.signum = distributed.all_max(signals.signum or 0, parts.device) or None
             if signals.signum is not None:  # said here, not in the handler: a handler's print can cut into other output
                 log.warning(
                     "%s received: stopping after step %d and saving a checkpoint (interrupt again to stop at once, "
@@ -544,6 +603,7 @@ def interrupted(parts: Parts, state: TrainState, callbacks: list[Callback], sign
         save_last(parts, state, callbacks)
     if state.validation is not None:
         write_interrupted_table(parts, state)
+    distributed.barrier()  # the other ranks end after rank 0 saved: a launcher stops the rest when one exits
     name = signal_name(signum)
     log.warning("%s: stopped at step %d; checkpoint saved", name, state.step)
     raise MtlError(

@@ -2,7 +2,8 @@
 
 A file is written to a temporary name and renamed into place, so a reader never sees half of
 it; a full disk or a read-only folder is one line (`WriteError`, an MtlError) naming the file
-and the fix, and leaves no temporary file behind.
+and the fix, and leaves no temporary file behind. In a distributed run only rank 0 writes: on
+the other ranks every function here returns without touching the disk (`distributed.writes()`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from mtl_cli.distributed import writes
 from mtl_cli.errors import MtlError, first_line
 from mtl_cli.interrupts import deferred
 
@@ -125,6 +127,8 @@ def writing(path: Path, *undo: Any, what: str = "write", note: str = "") -> Iter
 def write_with(path: Path, write: Any) -> None:
     """`write(tmp)` writes the file to a temporary name, which is then renamed to `path`: a reader
     never sees half a file, and a failed write leaves neither (e.g. `fig.savefig(tmp, format=...)`)."""
+    if not writes():
+        return
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     with writing(path, tmp):
@@ -135,6 +139,8 @@ def write_with(path: Path, write: Any) -> None:
 def write_texts(files: dict[Path, str]) -> None:
     """Several files all or nothing (a table's .md and .csv): each is written to a temporary name,
     then all are renamed into place; after a failure none of them has changed."""
+    if not writes():
+        return
     tmps = {Path(p): Path(p).with_name(Path(p).name + ".tmp") for p in files}
     with writing(next(iter(tmps)), *tmps.values()):
         for (path, tmp), text in zip(tmps.items(), files.values(), strict=True):
@@ -161,6 +167,8 @@ def write_json(path: Path, obj: Any) -> None:
 
 def append_jsonl(path: Path, records: list[dict]) -> None:
     """Append whole lines: a failed write is cut back off, so the file stays as it was."""
+    if not writes():
+        return
     path = Path(path)
     text = "".join(json.dumps(r) + "\n" for r in records)
     size = path.stat().st_size if path.exists() else None
@@ -181,6 +189,8 @@ def check_writable(folder: Path, then: str = "") -> None:
     (the nearest existing folder above it, when it does not exist yet). `os.access` is no test:
     it trusts the permission bits, and root passes it without CAP_DAC_OVERRIDE. `then` follows
     the fix (", then ...", ", or ...")."""
+    if not writes():
+        return
     folder = _existing(folder)
     probe = folder / f".mtl-write-probe-{os.getpid()}"
     try:
@@ -196,6 +206,8 @@ def check_writable(folder: Path, then: str = "") -> None:
 
 def trim_jsonl(path: Path, last_step: int) -> None:
     """Drop the records of steps after `last_step` (a resumed run writes them again)."""
+    if not writes():
+        return
     if not path.is_file():
         return
     keep = []
