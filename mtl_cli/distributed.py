@@ -19,6 +19,7 @@ seconds for the others; a rank that died closes its sockets and the others fail 
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,6 +33,10 @@ T = TypeVar("T")
 
 # The variables every launcher (torchrun, accelerate, torch's elastic agent) sets for a worker.
 LAUNCHER_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+class RankZeroError(MtlError):
+    """Rank 0's error, received by another rank: rank 0 tells the user."""
 
 
 @dataclass(frozen=True)
@@ -118,6 +123,20 @@ def session(devices: int | None, device_kind: str, timeout_s: int) -> Iterator[W
             pass
 
 
+def peer_failure(err: BaseException) -> bool:
+    """A collective that broke because another rank died, stopped or timed out (gloo, nccl)."""
+    text = str(err).lower()
+    return WORLD.distributed and (
+        "torch.distributed" in type(err).__module__ or "gloo" in text or "nccl" in text or "timed out" in text
+    )
+
+
+def describe_failure(err: BaseException) -> str:
+    """A broken collective's message without the backend's source location and advice."""
+    text = re.sub(r"^\[[^\]]*\]\s*", "", first_line(err)).split(". This is typically")[0]
+    return text[:160]
+
+
 def device_kind(device: str) -> str:
     """'cuda' or 'cpu' for `trainer.device`, as setup_torch will decide it (before it runs)."""
     import torch
@@ -143,7 +162,7 @@ def share(compute: Callable[[], T]) -> T:
             raise
     dist.broadcast_object_list(box, src=0)
     if box[0][0] == "error":
-        raise MtlError(box[0][1], box[0][2])
+        raise RankZeroError(box[0][1], box[0][2])
     return box[0][1]
 
 
@@ -226,9 +245,10 @@ def wrap(model: Any, device: Any) -> Any:
     return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
 
 
-def launch(nproc: int, argv: list[str]) -> int:
+def launch(nproc: int, argv: list[str]) -> tuple[int, int]:
     """Run `python -m mtl_cli <argv>` as `nproc` ranks on this machine through torch's elastic launcher
-    (what `torchrun --standalone --nproc_per_node N` does); the exit code of the first rank that failed."""
+    (what `torchrun --standalone --nproc_per_node N` does); (exit code, rank) of the first rank that
+    failed (a signal as 128 + its number), (0, 0) when all succeeded."""
     import uuid
 
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -241,6 +261,6 @@ def launch(nproc: int, argv: list[str]) -> int:
     try:
         elastic_launch(config, entrypoint=sys.executable)("-m", "mtl_cli", *argv)
     except ChildFailedError as err:
-        first = err.get_first_failure()[1]
-        return first.exitcode if first.exitcode > 0 else 128 - first.exitcode  # -15: killed by SIGTERM
-    return 0
+        rank, first = err.get_first_failure()
+        return (first.exitcode if first.exitcode > 0 else 128 - first.exitcode), rank  # -15: ended by SIGTERM
+    return 0, 0

@@ -288,8 +288,8 @@ def build(s: Setup, run: RunDir, resumed: bool = False) -> Parts:
     """Logging into the run directory, the model, optimizer, batch streams and evaluator."""
     cfg, t, world = s.cfg, s.cfg.trainer, s.world
     setup_logging(run.log if world.writes else None)
-    if not world.writes:  # rank 0 logs for the run; the others only say what goes wrong
-        log.setLevel(logging.WARNING)
+    if not world.writes:  # rank 0 logs for the run; the others end with their one-line error
+        log.setLevel(logging.CRITICAL)
     log.info("%s directory: %s", "resuming run" if resumed else "run", run)
     log.info(
         "device: %s, torch threads: %d (%s)", s.device, torch.get_num_threads(),
@@ -484,6 +484,11 @@ def run_to_end(parts: Parts, s: Setup, state: TrainState) -> dict:
         ) from None
     except BaseException as err:
         log.error("run failed at step %d: %s", state.step, first_line(err))
+        if distributed.peer_failure(err):
+            raise MtlError(
+                f"another process of this run failed or stopped ({distributed.describe_failure(err)}); continue from the last "
+                f"checkpoint with: mtl train resume={parts.run}"
+            ) from None
         raise
 
 
