@@ -92,7 +92,7 @@ def base_reference(cfg: Any, model: Any) -> dict | None:
     return ref
 
 
-def training_state(opt: Any, sched: Any, weighting: Any) -> dict:
+def training_state(opt: Any, sched: Any, weighting: Any, scaler: Any = None) -> dict:
     """optimizer.pt: everything besides the weights and trainer_state.json that a resume restores."""
     import torch
 
@@ -102,6 +102,8 @@ def training_state(opt: Any, sched: Any, weighting: Any) -> dict:
         "torch_rng": torch.get_rng_state(),
         "loss_weighting": weighting.state_dict(),
     }
+    if scaler is not None:  # precision=fp16: the loss scale it has found
+        out["grad_scaler"] = scaler.state_dict()
     if torch.cuda.is_available():
         out["cuda_rng"] = torch.cuda.get_rng_state_all()
     return out
@@ -435,7 +437,7 @@ def load_weights(model: Any, ckpt: Path) -> None:
     model.load_state_dict(weights, strict=False)
 
 
-def load_training_state(ckpt: Path, opt: Any, sched: Any, weighting: Any) -> None:
+def load_training_state(ckpt: Path, opt: Any, sched: Any, weighting: Any, scaler: Any = None) -> None:
     """Restore optimizer.pt: optimizer, scheduler, loss-weighting state and the torch RNG."""
     import torch
 
@@ -448,6 +450,8 @@ def load_training_state(ckpt: Path, opt: Any, sched: Any, weighting: Any) -> Non
         sched.load_state_dict(saved["scheduler"])
         weighting.load_state_dict(saved["loss_weighting"])
         torch.set_rng_state(saved["torch_rng"])
+        if scaler is not None and "grad_scaler" in saved:
+            scaler.load_state_dict(saved["grad_scaler"])
         if "cuda_rng" in saved and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(saved["cuda_rng"])
     except Exception as err:

@@ -78,8 +78,29 @@ def bf16_supported(device: Any) -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def autocast(device: Any, bf16: bool) -> Any:
-    """The one autocast context of training and evaluation."""
+def autocast(device: Any, bf16: bool, fp16: bool = False) -> Any:
+    """The one autocast context of training and evaluation (float16 only in training, with a scaler)."""
     import torch
 
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    return torch.autocast(device.type, dtype=torch.float16 if fp16 else torch.bfloat16, enabled=bf16 or fp16)
+
+
+# float16's range is small: its gradients need a scaler, whose inf/NaN checks the loss weightings
+# that read the loss values or hold parameters of their own would see scaled.
+FP16_WEIGHTINGS = ("equal", "static")
+
+
+def check_fp16(precision: str, device: Any, weighting: str) -> None:
+    """trainer.precision=fp16: CUDA only (a CPU has bf16 for that), with a linear loss weighting."""
+    if precision != "fp16":
+        return
+    if device.type != "cuda":
+        raise MtlError(
+            f"trainer.precision=fp16 needs a CUDA GPU (float16 with a gradient scaler); on this {device.type} use "
+            "trainer.precision=bf16 (or fp32)"
+        )
+    if weighting not in FP16_WEIGHTINGS:
+        raise MtlError(
+            f"trainer.precision=fp16 works with loss_weighting={' or '.join(FP16_WEIGHTINGS)}, not {weighting}; "
+            "use trainer.precision=bf16 for it"
+        )

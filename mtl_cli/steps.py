@@ -42,7 +42,7 @@ def train_step(parts: Any, tasks: list[str]) -> StepResult:
     real = processed = 0
     for task in tasks:
         batch = batches[task] = {k: v.to(parts.device) for k, v in parts.batches[task].next_batch().items()}
-        with autocast(parts.device, parts.bf16):
+        with autocast(parts.device, parts.bf16, parts.scaler is not None):
             losses[task] = parts.types[task].loss(parts.model(task, batch), batch)
         examples[task] = batch["input_ids"].shape[0]
         real += int(batch["attention_mask"].sum())
@@ -50,7 +50,7 @@ def train_step(parts: Any, tasks: list[str]) -> StepResult:
     values = {t: v.item() for t, v in losses.items()}
     problem = next((f"loss of task '{t}' is {v}" for t, v in values.items() if not math.isfinite(v)), None)
     if problem is None:
-        parts.weighting.backward(losses, parts.shared)
+        parts.weighting.backward({t: scaled(parts, v) for t, v in losses.items()}, parts.shared)
     return finish_step(parts, StepResult(tasks, values, batches, examples, real, processed, [], 0.0, problem), began)
 
 
@@ -77,14 +77,14 @@ def accumulated_step(parts: Any, tasks: list[str]) -> StepResult:
             if problem is not None:
                 continue  # the batch is drawn (positions stay as planned), the update is withheld anyway
             batches[task] = batch  # the non-finite dump keeps the micro-batch that failed
-            with autocast(parts.device, parts.bf16):
+            with autocast(parts.device, parts.bf16, parts.scaler is not None):
                 loss = parts.types[task].loss(parts.model(task, batch), batch) * (batch["input_ids"].shape[0] / total)
             value = loss.item()
             values[task] += value
             if not math.isfinite(value):
                 problem = f"loss of task '{task}' is {value}"
                 continue
-            parts.weighting.backward({task: loss}, parts.shared)
+            parts.weighting.backward({task: scaled(parts, loss)}, parts.shared)
     return finish_step(parts, StepResult(tasks, values, batches, examples, real, processed, [], 0.0, problem), began)
 
 
@@ -110,10 +110,10 @@ def parallel_step(parts: Any, tasks: list[str]) -> StepResult:
                 real += int(batch["attention_mask"].sum())
                 processed += batch["input_ids"].numel()
             with nullcontext() if i == len(drawn.pieces) - 1 else parts.ddp.no_sync():
-                with autocast(parts.device, parts.bf16):
+                with autocast(parts.device, parts.bf16, parts.scaler is not None):
                     loss = parts.types[task].loss(parts.ddp(task, batch), batch) * (share * world)
                 values[task] += loss.item() / world
-                parts.weighting.backward({task: loss}, parts.shared)
+                parts.weighting.backward({task: scaled(parts, loss)}, parts.shared)
     *losses, real_all, processed_all = distributed.all_sum([*values.values(), real, processed], parts.device)
     values = dict(zip(values, losses, strict=True))
     distributed.average_gradients(parts.weighting.parameters())
@@ -122,15 +122,26 @@ def parallel_step(parts: Any, tasks: list[str]) -> StepResult:
     return finish_step(parts, step, began)
 
 
+def scaled(parts: Any, loss: Any) -> Any:
+    """precision=fp16: the loss times the scaler's factor, so float16 gradients do not underflow."""
+    return loss if parts.scaler is None else parts.scaler.scale(loss)
+
+
 def finish_step(parts: Any, step: StepResult, began: float) -> StepResult:
     """Clip, update (unless the step has a problem), advance the schedule; the step took since `began`."""
+    scaler = parts.scaler
     if step.problem is None:
+        if scaler is not None:
+            scaler.unscale_(parts.optimizer)  # clipping sees the true gradients
         max_norm = parts.cfg.trainer.max_grad_norm
         if max_norm > 0:
             norm = float(clip_grad_norm_(parts.model.parameters(), max_norm))
-            if not math.isfinite(norm):
+            if not math.isfinite(norm) and scaler is None:  # with a scaler: its step skips it, and scales down
                 step.problem = f"gradient norm of task(s) {'+'.join(step.losses)} is {norm}"
-    if step.problem is None:
+    if step.problem is None and scaler is not None:
+        scaler.step(parts.optimizer)
+        scaler.update()
+    elif step.problem is None:
         parts.optimizer.step()
     parts.optimizer.zero_grad(set_to_none=True)
     step.lr = parts.scheduler.get_last_lr()

@@ -45,7 +45,7 @@ from mtl_cli.checkpoints import (
 )
 from mtl_cli.config import MtlConfig, task_names_label
 from mtl_cli.datacheck import check_tasks, report_warnings
-from mtl_cli.device import bf16_supported, physical_cores, setup_torch, use_bf16
+from mtl_cli.device import bf16_supported, check_fp16, physical_cores, setup_torch, use_bf16
 from mtl_cli.distributed import World
 from mtl_cli.encoders import load_encoder
 from mtl_cli.errors import MtlError, first_line
@@ -116,6 +116,7 @@ class Parts:
     steps_per_epoch: int
     world: World
     ddp: Any  # what training steps call: the model, or its DistributedDataParallel wrapper
+    scaler: Any = None  # precision=fp16: the gradient scaler (torch.amp.GradScaler)
 
 
 def train(cfg: DictConfig | MtlConfig, run_dir: Path | None = None, overrides: list[str] | None = None) -> dict:
@@ -231,6 +232,7 @@ def prepare(cfg: MtlConfig, world: World | None = None) -> Setup:
     device = setup_torch(t.device, threads)
     if world.distributed and device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
+    check_fp16(t.precision, device, cfg.loss_weighting.name)
     data_report = check_tasks(tasks, full=False)  # duplicates and leakage: cheap, hashes only
     torch.manual_seed(cfg.seed)  # a random-init encoder draws its weights here
     encoder, tokenizer = load_encoder(cfg.encoder)
@@ -349,7 +351,7 @@ def build(s: Setup, run: RunDir, resumed: bool = False) -> Parts:
         log.warning("trainer.precision=bf16: this %s has no native bfloat16 units, so it may be slower", s.device)
     log.info(
         "precision %s (trainer.precision=%s), length grouping %s, %s",
-        "bf16 autocast" if bf16 else "fp32", t.precision,
+        "fp16 autocast, gradient scaler" if t.precision == "fp16" else "bf16 autocast" if bf16 else "fp32", t.precision,
         f"{t.length_grouping} batches" if t.length_grouping > 1 else "off",
         "torch.compile on (the first steps compile)" if t.compile else "eager",
     )  # fmt: skip
@@ -359,6 +361,7 @@ def build(s: Setup, run: RunDir, resumed: bool = False) -> Parts:
         cfg, run, model, s.tokenizer, labels, types, opt, sched, s.sampler, batches, s.data, s.weighting,
         model.shared_parameters(), s.device, bf16, evaluator, base_reference(cfg, model),
         s.total_steps, s.eval_every, s.steps_per_epoch, world, distributed.wrap(model, s.device),
+        torch.amp.GradScaler(s.device.type) if t.precision == "fp16" else None,
     )  # fmt: skip
 
 
@@ -421,7 +424,7 @@ def new_state_from(ckpt: Path, s: Setup) -> TrainState:
 def restore(parts: Parts, state: TrainState, ckpt: Path) -> None:
     """Weights, optimizer, scheduler, RNG and positions as they were at `ckpt` (a `last` checkpoint)."""
     load_weights(parts.model, ckpt)
-    load_training_state(ckpt, parts.optimizer, parts.scheduler, parts.weighting)
+    load_training_state(ckpt, parts.optimizer, parts.scheduler, parts.weighting, parts.scaler)
     for name, b in parts.batches.items():
         b.load_state_dict(state.batches[name])
     parts.sampler.load_state_dict(state.sampler)
@@ -598,7 +601,7 @@ def save_model(parts: Parts, state: dict, name: str, training: dict | None = Non
 
 
 def save_last(parts: Parts, state: TrainState, callbacks: list[Callback]) -> None:
-    training = training_state(parts.optimizer, parts.scheduler, parts.weighting)
+    training = training_state(parts.optimizer, parts.scheduler, parts.weighting, parts.scaler)
     save_model(parts, snapshot(parts, state, callbacks), "last", training, keep=parts.cfg.trainer.keep_checkpoints)
 
 
