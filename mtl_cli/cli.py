@@ -74,7 +74,10 @@ _OPEN_DICTS = re.compile(
 
 
 def fail(message: str, code: int = 2) -> None:
-    print(f"mtl: error: {message}", file=sys.stderr)
+    # One write (print writes the line and its end apart): the ranks of a distributed run share the
+    # terminal, and their lines must not mix.
+    sys.stderr.write(f"mtl: error: {message}\n")
+    sys.stderr.flush()
     sys.exit(code)
 
 
@@ -196,13 +199,23 @@ def data_parallel(args: list[str], overrides: list[str], config_dir: str | None,
     world = launched_world()
     own = [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/", "override hydra"))]
     if not world.distributed:
-        devices = compose_config(own, config_dir).trainer.get("devices")
+        if multirun:  # the first job stands for the sweep
+            from mtl_cli.sweeps import first_job
+
+            own = first_job(own)
+        cfg = compose_config(own, config_dir)
+        devices = cfg.trainer.get("devices")
         if not isinstance(devices, int) or devices <= 1:
             return False
+        from mtl_cli.distributed import World
+        from mtl_cli.train import check_distributed
+        from mtl_cli.validation import to_typed
+
+        check_distributed(to_typed(cfg), World(0, devices, 0, devices))  # one line here, not one per rank
         if multirun:
             raise MtlError(
-                f"trainer.devices={devices} in a sweep (-m): sweep jobs run in this process; start each job "
-                "with trainer.devices, or run the sweep on a launcher (hydra/launcher=submitit_slurm)"
+                f"trainer.devices={devices} in a sweep (-m): a sweep's jobs are single processes; run each "
+                "data-parallel job as its own command (mtl train trainer.devices=N ..., or torchrun)"
             )
         sys.exit(launch_ranks(devices, ["train", *args]))
     if multirun:
@@ -224,27 +237,38 @@ def launch_ranks(devices: int, argv: list[str]) -> int:
 
     from mtl_cli.distributed import launch
 
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)  # each rank says why it stopped
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # each rank says why it stopped
     print(f"mtl: starting {devices} processes (torch.distributed elastic launcher)", file=sys.stderr)
-    return launch(devices, argv)
+    code, rank = launch(devices, argv)
+    if code > 128:
+        import signal
+
+        name = signal.Signals(code - 128).name if code - 128 in signal.Signals._value2member_map_ else code - 128
+        print(f"mtl: rank {rank} ended by {name}; the other processes stopped", file=sys.stderr)
+    return code
 
 
 def rank_run(work, rank: int) -> None:
     """Run a distributed rank's training: its one-line error (prefixed with its rank beyond 0), and a
     failed peer (a collective broken by a rank that died) as one line, not a traceback."""
-    from mtl_cli.errors import MtlError, first_line
+    from mtl_cli.distributed import RankZeroError
+    from mtl_cli.errors import MtlError
 
     prefix = f"rank {rank}: " if rank else ""
     try:
         work()
     except MtlError as err:
+        if rank and (isinstance(err, RankZeroError) or err.exit_code > 128):
+            sys.exit(err.exit_code)  # rank 0's decision (or a stop signal to all): rank 0 says it
         fail(prefix + str(err), err.exit_code)
     except KeyboardInterrupt:
         raise
     except Exception as err:
-        if "torch.distributed" not in type(err).__module__ and "Gloo" not in str(err) and "NCCL" not in str(err):
+        from mtl_cli.distributed import describe_failure, peer_failure
+
+        if not peer_failure(err):
             raise
-        fail(f"rank {rank}: stopped: another process of the run failed or stopped ({first_line(err)})", 1)
+        fail(f"rank {rank}: stopped: another process of the run failed or stopped ({describe_failure(err)})", 1)
 
 
 def shell_completion_arg(args: list[str]) -> str | None:
@@ -322,21 +346,31 @@ def hydra_train() -> None:
     from mtl_cli.config import CONF_DIR  # importing it registers the schema and resolvers
 
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-    def _run(cfg) -> None:
+    def _run(cfg):
+        """One run, or one job of a sweep; a sweep's job returns the objective (hydra/sweeper=optuna)."""
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
+        from omegaconf import read_write
 
         from mtl_cli.errors import MtlError
         from mtl_cli.rundir import remove_empty_dirs
-        from mtl_cli.sweeps import SWEEP
+        from mtl_cli.sweeps import SWEEP, in_turn, job_failed, job_threads, objective_value
         from mtl_cli.train import train
 
         hc = HydraConfig.get()
         out = Path(hc.runtime.output_dir)
-        sweep = SWEEP if hc.mode == RunMode.MULTIRUN else None
+        multirun = hc.mode == RunMode.MULTIRUN
+        # The basic launcher runs the jobs in turn in this process: the first failure stops the sweep.
+        # On a launcher or sweeper plugin a failed job returns a record instead (mtl_cli/sweeps.py).
+        sweep = SWEEP if multirun and in_turn(hc) else None
         try:
-            check_hydra_run_dir(out, list(hc.overrides.hydra), hc.mode == RunMode.MULTIRUN)
+            check_hydra_run_dir(out, list(hc.overrides.hydra), multirun)
+            threads = job_threads(hc, cfg.trainer.threads) if multirun else cfg.trainer.threads
+            if threads != cfg.trainer.threads:  # parallel jobs (joblib) share the cores
+                with read_write(cfg):
+                    cfg.trainer.threads = threads
             result = train(cfg, run_dir=out, overrides=list(hc.overrides.task))
+            value = objective_value(result, cfg.objective) if multirun else None
         except MtlError as err:
             remove_empty_dirs(out, levels=2)
             message, code = str(err), err.exit_code
@@ -348,12 +382,21 @@ def hydra_train() -> None:
         else:
             if sweep is not None:
                 sweep.ran(hc.job.num, result.get("run_dir", out), list(hc.overrides.task))
-            return
+            return value
+        if multirun and sweep is None and code == 2:  # a mistake, not a signal: the other jobs go on
+            return job_failed(hc, message, code)
         if sweep is not None:
             message = sweep.failed(hc.job.num, message, out, Path(hc.sweep.dir), list(hc.overrides.task))
         fail(message, code)
 
-    _run()
+    from mtl_cli.errors import MtlError
+    from mtl_cli.sweeps import SWEEP
+
+    try:
+        with SWEEP.outcome():  # a plugin sweep's failed jobs: one line at the end
+            _run()
+    except MtlError as err:
+        fail(str(err), err.exit_code)
 
 
 def check_runs_writable(overrides: list[str], multirun: bool) -> None:

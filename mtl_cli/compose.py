@@ -29,9 +29,13 @@ def known_options(group: str, extra_dirs: Sequence[str] = ()) -> list[str]:
 
 
 def compose_config(
-    overrides: Sequence[str] = (), config_dir: str | None = None, config_name: str = "config"
+    overrides: Sequence[str] = (),
+    config_dir: str | None = None,
+    config_name: str = "config",
+    return_hydra_config: bool = False,
 ) -> DictConfig:
-    """The composed (unresolved) config, as `mtl train` would see it. Raises MtlError."""
+    """The composed (unresolved) config, as `mtl train` would see it (with its `hydra` node, the
+    launcher and sweeper settings, when `return_hydra_config`). Raises MtlError."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -43,7 +47,7 @@ def compose_config(
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose(config_name=config_name, overrides=overrides)
+            return compose(config_name=config_name, overrides=overrides, return_hydra_config=return_hydra_config)
     except Exception as err:
         raise MtlError(describe_hydra_error(err, [config_dir] if config_dir else [])) from None
     finally:
@@ -85,6 +89,8 @@ def describe_hydra_error(err: Exception, extra_dirs: list[str]) -> str:
         return broken
     text = str(err).strip()
     missing = re.search(r"Could not (?:find|load) '([^']+)'", text)
+    if missing and missing.group(1).startswith("hydra/"):
+        return describe_hydra_group_error(missing.group(1), text)
     if missing:
         group, _, option = missing.group(1).rpartition("/")
         top, _, rest = group.partition("/")
@@ -98,14 +104,38 @@ def describe_hydra_error(err: Exception, extra_dirs: list[str]) -> str:
     key = re.search(r"Could not override '([^']+)'", text) or re.search(r"full_key: (\S+)", str(cause or ""))
     if "not in struct" in text or "not in struct" in str(cause or "") or "Could not override" in text:
         name = key.group(1) if key else "?"
+        if name.startswith("hydra."):  # a launcher's or sweeper's own keys exist only with it selected
+            return (
+                f"unknown config key `{name}` (misspelt, or a key of another launcher or sweeper?); "
+                "`mtl train hydra/launcher=NAME hydra/sweeper=NAME --cfg hydra` shows the hydra keys"
+            )
         return f"unknown config key `{name}` (misspelt?); `mtl train --cfg job` shows the valid keys"
     merging = re.search(r"Error merging override (\S+)", text)
     if merging and cause is not None:
         detail = first_line(cause)
         return f"bad value in override `{merging.group(1)}`: {detail}"
-    if "ambiguous" in text.lower() or "sweep" in text.lower():
+    # not "sweep" alone: hydra.sweeper.* keys name it too
+    if re.search(r"ambiguous|sweep parameters|requires --multirun", text, re.IGNORECASE):
         return f"{first_line(err)}; a sweep (a=1,2) needs -m: mtl train -m ..."
-    return first_line(err)
+    line = first_line(err)
+    if line.endswith(":") and cause is not None:  # "... raised while composing config:" then the cause
+        line = f"{line} {first_line(cause)}"
+    return line
+
+
+def describe_hydra_group_error(missing: str, text: str) -> str:
+    """`hydra/launcher=jobllib`: the options Hydra found (its message lists them); a plugin's option
+    that is not installed: the extra that installs it."""
+    from mtl_cli.sweeps import PLUGINS, SWEEP_EXTRA
+
+    group, _, option = missing.rpartition("/")
+    listed = re.search(r"Available options in '[^']+':\n((?:\t[^\n]*\n?)+)", text)
+    known = [line.strip() for line in listed.group(1).splitlines() if line.strip()] if listed else []
+    package = PLUGINS.get((group, option))
+    if package:
+        return f"{group}={option} needs the Hydra plugin {package}, which is not installed: {SWEEP_EXTRA}"
+    hint = "" if set(known) >= {o for g, o in PLUGINS if g == group} else f" (more with {SWEEP_EXTRA})"
+    return f"unknown option for `{group}=`: '{option}'; known: {', '.join(known) or 'none'}{hint}"
 
 
 def check_overrides(overrides: list[str], flags: dict[str, str], multirun: bool) -> None:
@@ -128,13 +158,17 @@ def check_overrides(overrides: list[str], flags: dict[str, str], multirun: bool)
                 raise MtlError(f"cannot parse the override `{text}`: {first_line(one)}; fix its value") from None
         raise MtlError(f"cannot parse the overrides: {first_line(err)}") from None
     choices: list[list[str]] = []
+    sampled: list[str] = []
     for text, override in zip(overrides, parsed, strict=True):
         if override.is_sweep_override():
             if not multirun:
                 raise MtlError(f"`{text}` is a sweep: run it with -m (mtl train -m {text})")
+            if override.is_interval_sweep():  # a range only a sampling sweeper (optuna) draws from
+                sampled.append(text)
+                continue
             try:
                 values = list(override.sweep_string_iterator())
-            except Exception:  # glob and interval sweeps need a sweeper to expand; Hydra checks them
+            except Exception:  # glob sweeps need the sweeper to expand; Hydra checks them
                 continue
             # get_key_element() keeps the +/++/~ prefix of the override
             choices.append([f"{override.get_key_element()}={v}" for v in values])
@@ -142,10 +176,38 @@ def check_overrides(overrides: list[str], flags: dict[str, str], multirun: bool)
             choices.append([text])
     firsts = [c[0] for c in choices]
     combos = [firsts] + [firsts[:i] + [v] + firsts[i + 1 :] for i, c in enumerate(choices) for v in c[1:]]
+    if sampled:
+        check_sampling_sweeper(sampled, firsts, config_dir, config_name)
     for combo in combos:
         cfg = compose_config(combo, config_dir, config_name)
         check_task_names(combo, cfg)
-        to_typed(cfg)
+        check_objective(to_typed(cfg))
+
+
+def check_sampling_sweeper(sampled: list[str], overrides: list[str], config_dir: str | None, config_name: str) -> None:
+    """`x=interval(a,b)` is drawn from by a sampling sweeper; Hydra's basic sweeper stops on it with a traceback."""
+    hydra = compose_config(overrides, config_dir, config_name, return_hydra_config=True).hydra
+    if "BasicSweeper" in str(hydra.sweeper.get("_target_", "")):
+        raise MtlError(
+            f"`{sampled[0]}` is a range for a sampling sweeper, which Hydra's basic sweeper cannot run; add "
+            "hydra/sweeper=optuna (e.g. experiment=optuna_mixing), or sweep listed values: key=1,2,5"
+        )
+
+
+def check_objective(cfg: Any) -> None:
+    """`objective=` names a metric of the validation average the run will have: `main`, or a metric of
+    its (non-auxiliary) tasks' types; refused before any training, in one line."""
+    from mtl_cli import task_types
+
+    if cfg.objective == "main":
+        return
+    types = [task_types.get(t.type) for t in cfg.task.values()]
+    scored = [t for t in types if not t.AUXILIARY] or types
+    names = ["main", *dict.fromkeys(m for t in scored for m in t.METRICS if m != "loss")]
+    if cfg.objective not in names:
+        raise MtlError(
+            f"objective={cfg.objective} is not a validation metric of these tasks; use one of: {', '.join(names)}"
+        )
 
 
 def check_task_names(overrides: list[str], cfg: DictConfig) -> None:

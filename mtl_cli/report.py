@@ -12,9 +12,14 @@ swept values. Written into FOLDER, never over an earlier report (`report_2.*`, .
     report.json  {"folder", "split", "swept": {key: [values]}, "metrics": {task: metric},
                   "overrides": {key: value} common to all runs, "rows": [...],
                   "best": {task|"average": {"metric", "value", "runs"}},
-                  "runs": [{"run", "path", "overrides"}], "skipped": [{"run", "reason"}]}
+                  "runs": [{"run", "path", "overrides"}], "skipped": [{"run", "reason"}],
+                  "study" (an Optuna sweep only): {"file", "best_value", "best_params", "runs"}}
     report.png   one panel per task (and the average): the metric against the first swept key,
                  one line per combination of the other swept keys
+
+An Optuna sweep (hydra/sweeper=optuna) is read like any other: its trials are the job folders; the
+study's best trial (`optimization_results.yaml` in FOLDER, chosen on the validation objective) is
+named in the report, with the runs that trained it.
 """
 
 from __future__ import annotations
@@ -241,6 +246,7 @@ def build_report(folder: Path, split: str = "test") -> dict:
     common = {k: v for k, v in parsed[0].items() if all(k in p and p[k] == v for p in parsed[1:])}
     order = {run["run"]: i for i, run in enumerate(runs)}
     swept_values = {k: sorted({json.dumps(r[k]): r[k] for r in rows}.values(), key=_sort_key) for k in swept}
+    study = optuna_study(folder, runs)
     return {
         "folder": str(folder.resolve()),
         "split": split,
@@ -254,7 +260,44 @@ def build_report(folder: Path, split: str = "test") -> dict:
             {"run": r["run"], "path": runs[order[r["run"]]]["path"], "overrides": parsed[order[r["run"]]]} for r in rows
         ],
         "skipped": skipped,
-    }
+    } | ({"study": study} if study else {})
+
+
+def optuna_study(folder: Path, runs: list[dict]) -> dict | None:
+    """The best trial an Optuna sweeper wrote to FOLDER/optimization_results.yaml, and the runs whose
+    config has its parameters; None without that file (or for a multi-objective study's front)."""
+    path = folder / "optimization_results.yaml"
+    data = _load_yaml(path) if path.is_file() else None
+    if not isinstance(data, dict) or not isinstance(data.get("best_params"), dict):
+        return None
+    params = {str(k).lstrip("+~"): v for k, v in data["best_params"].items()}
+    value = data.get("best_value")
+    matched = [
+        run["run"]
+        for run in runs
+        if all(_same_value(flatten(run["config"]).get(key, _MISSING), want) for key, want in params.items())
+    ]
+    return {"file": str(path.resolve()), "best_value": value if isinstance(value, (int, float)) else None,
+            "best_params": params, "runs": matched}  # fmt: skip
+
+
+_MISSING = object()
+
+
+def _same_value(have: Any, want: Any) -> bool:
+    if isinstance(have, (int, float)) and isinstance(want, (int, float)) and not isinstance(have, bool):
+        return math.isclose(have, want, rel_tol=1e-9, abs_tol=1e-12)
+    return have is not _MISSING and (_same(have, want) or _display(have) == _display(want))
+
+
+def study_line(report: dict) -> str | None:
+    study = report.get("study")
+    if not study:
+        return None
+    params = " ".join(f"{k}={_short(v)}" for k, v in study["best_params"].items())
+    value = "?" if study["best_value"] is None else f"{study['best_value']:.4f}"
+    where = ", ".join(study["runs"]) or "no run here"
+    return f"Optuna's best trial (validation objective {value}): {params}: {where} ({study['file']})"
 
 
 def swept_keys(runs: list[dict]) -> list[str]:
@@ -288,10 +331,17 @@ def _columns(report: dict) -> list[tuple[str, str | None]]:
     return [*cols, ("average_main", "average"), ("run", None)]
 
 
+def _short(value: Any) -> str:
+    """A float a sweeper drew (2.368863950364078) to 4 significant digits; anything else as _display."""
+    if isinstance(value, float) and len(repr(value)) > 8:
+        return f"{value:.4g}"
+    return _display(value)
+
+
 def _cell(value: Any, is_metric: bool) -> str:
     if is_metric:
         return "" if value is None else f"{value:.4f}"
-    return value if isinstance(value, str) else _display(value)
+    return value if isinstance(value, str) else _short(value)
 
 
 def to_markdown(report: dict) -> str:
@@ -311,7 +361,7 @@ def to_markdown(report: dict) -> str:
     )
     if report["swept"]:
         lines.append(
-            "Swept: " + "; ".join(f"`{k}` = {', '.join(map(_display, v))}" for k, v in report["swept"].items()) + "."
+            "Swept: " + "; ".join(f"`{k}` = {', '.join(map(_short, v))}" for k, v in report["swept"].items()) + "."
         )
     else:
         lines.append("Swept: nothing (the runs' configs are the same).")
@@ -319,6 +369,9 @@ def to_markdown(report: dict) -> str:
         lines.append(
             "Common overrides: " + " ".join(f"`{k}={_display(v)}`" for k, v in report["overrides"].items()) + "."
         )
+    study = study_line(report)
+    if study:
+        lines.append(study + ".")
     if report["skipped"]:
         lines.append(
             f"Skipped {len(report['skipped'])}: "
@@ -438,6 +491,9 @@ def print_report(report: dict) -> None:
     if not console.is_terminal:
         console.width = max(console.width, 120)
     console.print(table)
+    study = study_line(report)
+    if study:
+        console.print(study, markup=False, highlight=False)
     for s in report["skipped"]:
         console.print(f"skipped {s['run']}: {s['reason']}", markup=False, highlight=False)
 

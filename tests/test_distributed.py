@@ -176,7 +176,7 @@ def test_ranks_split_each_planned_batch() -> None:
     from mtl_cli.task_types import classification
 
     # Each example's label is its index: the slices name exactly which examples each rank got.
-    columns = {"input_ids": [[1] * (1 + i % 7) for i in range(21)], "labels": list(range(21))}
+    columns: dict[str, list] = {"input_ids": [[1] * (1 + i % 7) for i in range(21)], "labels": list(range(21))}
     whole = TaskBatches(columns, classification.collate, 8, 0, seed=3, group=2)
     ranks = [TaskBatches(columns, classification.collate, 8, 0, seed=3, group=2) for _ in range(2)]
     for _ in range(6):  # past an epoch's end (21 examples: batches of 8, 8, 5)
@@ -192,7 +192,7 @@ def test_a_rank_without_examples_gets_a_stand_in_of_no_weight() -> None:
     from mtl_cli.batches import TaskBatches
     from mtl_cli.task_types import classification
 
-    columns = {"input_ids": [[1, 2], [3]], "labels": [0, 1]}
+    columns: dict[str, list] = {"input_ids": [[1, 2], [3]], "labels": [0, 1]}
     drawn = [TaskBatches(columns, classification.collate, 4, 0, seed=0).draw(1, rank, 4) for rank in range(4)]
     assert [d.shares for d in drawn] == [[0.5], [0.5], [0.0], [0.0]]
     assert all(len(d.pieces) == 1 and d.examples == 2 for d in drawn)
@@ -226,7 +226,7 @@ def start_and_signal(root: Path, rank: int, signum: int, *extra: str) -> subproc
                             env=child_env())  # fmt: skip
     while not list(root.glob("*/*/checkpoints/last")) and proc.poll() is None:
         time.sleep(0.1)
-    ranks = []
+    ranks: list[int] = []
     while len(ranks) < 2 and proc.poll() is None:
         ranks = children(proc.pid)
     assert proc.poll() is None, proc.communicate()

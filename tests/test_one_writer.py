@@ -348,7 +348,7 @@ def test_a_failed_sweep_says_which_jobs_ran_failed_and_were_not_run(
 
 
 def test_ctrl_c_in_a_sweep_says_what_was_not_run(mtl, workdir: Path, monkeypatch) -> None:  # noqa: F811
-    def interrupted(cfg):
+    def interrupted(cfg, world=None):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(train_module, "prepare", interrupted)

@@ -235,3 +235,32 @@ def test_real_sweep_through_the_cli(tmp_path: Path, mtl) -> None:
         assert best["value"] == max(r[col] for r in report["rows"])
         assert best["runs"] == [r["run"] for r in report["rows"] if r[col] == best["value"]]
     assert (folder / "report.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_an_optuna_study_names_its_best_trial(tmp_path: Path) -> None:
+    """hydra/sweeper=optuna: the trials are job folders like a basic sweep's; the study's best trial
+    (optimization_results.yaml, chosen on the validation objective) is named with the run that trained it."""
+    folder = tmp_path / "study"
+    for i, temperature in enumerate([2.368863950364078, 5.395030966670228, 1.4322493718230251]):
+        make_run(folder, f"{i}_a+b", temperature, results(0.5 + i / 10, 0.5, 0.5 + i / 10))
+    (folder / "optimization_results.yaml").write_text(
+        "name: optuna\nbest_params:\n  mixing.temperature: 5.395030966670228\nbest_value: 0.61\n", encoding="utf-8"
+    )
+    report = build_report(folder)
+    assert report["study"] == {
+        "file": str((folder / "optimization_results.yaml").resolve()),
+        "best_value": 0.61,
+        "best_params": {"mixing.temperature": 5.395030966670228},
+        "runs": ["1_a+b"],
+    }
+    write_report(folder, report)
+    md = (folder / "report.md").read_text()
+    assert "Optuna's best trial (validation objective 0.6100): mixing.temperature=5.395: 1_a+b (" in md
+    assert "| 5.395 | 0.6000 |" in md  # a drawn float to 4 significant digits in the table
+    assert "`mixing.temperature` = 1.432, 2.369, 5.395" in md
+    rows = list(csv.DictReader(io.StringIO((folder / "report.csv").read_text())))
+    assert [r["mixing.temperature"] for r in rows] == ["1.4322493718230251", "2.368863950364078", "5.395030966670228"]
+
+    # A multi-objective study's file (a Pareto front, no best_params) or none: no study in the report.
+    (folder / "optimization_results.yaml").write_text("name: optuna\nsolutions: []\n", encoding="utf-8")
+    assert "study" not in build_report(folder)

@@ -21,7 +21,7 @@ from mtl_cli.validation import to_typed
 
 # override -> (the key it names, the allowed names)
 CHOICES = {
-    "trainer.precision=fp16": ("trainer.precision", "[auto, fp32, bf16]"),
+    "trainer.precision=fp8": ("trainer.precision", "[auto, fp32, bf16, fp16]"),
     "trainer.nonfinite=ignore": ("trainer.nonfinite", "[stop, skip]"),
     "task.restaurants.truncation=middle": ("task.restaurants.truncation", "[head, tail, head+tail]"),
     "task.restaurants.task_marker=suffix": ("task.restaurants.task_marker", "[prefix, embedding]"),
