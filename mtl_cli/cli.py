@@ -211,7 +211,9 @@ def data_parallel(args: list[str], overrides: list[str], config_dir: str | None,
         from mtl_cli.train import check_distributed
         from mtl_cli.validation import to_typed
 
-        check_distributed(to_typed(cfg), World(0, devices, 0, devices))  # one line here, not one per rank
+        typed = to_typed(cfg)
+        check_distributed(typed, World(0, devices, 0, devices))  # one line here, not one per rank
+        check_gpus(devices, typed.trainer.device)
         if multirun:
             raise MtlError(
                 f"trainer.devices={devices} in a sweep (-m): a sweep's jobs are single processes; run each "
@@ -229,6 +231,23 @@ def data_parallel(args: list[str], overrides: list[str], config_dir: str | None,
     run_dir = Path(named[-1]) if named and "${" not in named[-1] else None
     rank_run(lambda: train(cfg, run_dir=run_dir, overrides=overrides), world.rank)
     return True
+
+
+def check_gpus(devices: int, device: str) -> None:
+    """On GPUs one rank per device: no more ranks than this machine has GPUs."""
+    from mtl_cli.distributed import device_kind
+    from mtl_cli.errors import MtlError
+
+    if device_kind(device) != "cuda":
+        return
+    import torch
+
+    count = torch.cuda.device_count()
+    if devices > count:
+        raise MtlError(
+            f"trainer.devices={devices}, but this machine has {count} CUDA device(s); use trainer.devices={count} "
+            "or fewer (more machines: torchrun --nnodes, see the README's Scaling out)"
+        )
 
 
 def launch_ranks(devices: int, argv: list[str]) -> int:

@@ -219,6 +219,12 @@ def validate_trainer(cfg: MtlConfig) -> None:
         raise MtlError(f"`trainer.keep_checkpoints` must be at least 1; got {t.keep_checkpoints}")
     if t.length_grouping < 0:
         raise MtlError(f"`trainer.length_grouping` must be >= 0 (0: off); got {t.length_grouping}")
+    if t.devices is not None and t.devices < 1:
+        raise MtlError(
+            f"`trainer.devices` must be at least 1, or null (as many as the launcher started); got {t.devices}"
+        )
+    if t.distributed_timeout < 1:
+        raise MtlError(f"`trainer.distributed_timeout` must be at least 1 (seconds); got {t.distributed_timeout}")
     if t.early_stopping_patience is not None and t.early_stopping_patience < 1:
         raise MtlError(f"`trainer.early_stopping_patience` must be >= 1 or null; got {t.early_stopping_patience}")
     if t.early_stopping_min_delta < 0:

@@ -77,10 +77,15 @@ def assert_written_once(run_dir: Path) -> None:
     assert (run_dir / "results.json").is_file() and (run_dir / "metrics.md").is_file()
 
 
-def test_two_processes_of_batch_4_equal_one_of_batch_8(tmp_path: Path) -> None:
-    done = run(
-        torchrun("train", *TINY_RUN, *EQUIVALENT, "trainer.batch_size=4", f"runs_root={tmp_path / 'ddp'}"), tmp_path
-    )
+@pytest.mark.parametrize(
+    "per_process",
+    [["trainer.batch_size=4"], ["trainer.batch_size=2", "trainer.gradient_accumulation_steps=2"]],
+    ids=["batch-4", "batch-2-accumulated-2"],
+)
+def test_two_processes_of_batch_4_equal_one_of_batch_8(tmp_path: Path, per_process: list[str]) -> None:
+    """2 ranks x 4 examples, or 2 ranks x 2 micro-batches of 2 (the first inside no_sync: no
+    all-reduce), make the update of one process with batch 8."""
+    done = run(torchrun("train", *TINY_RUN, *EQUIVALENT, *per_process, f"runs_root={tmp_path / 'ddp'}"), tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     ddp = only_run(tmp_path / "ddp")
     one = Path(tiny_run(tmp_path / "one", *EQUIVALENT, "trainer.batch_size=8")["run_dir"])
@@ -147,6 +152,19 @@ def test_a_sweep_with_devices_is_refused(tmp_path: Path, capsys) -> None:
         main(["train", "-m", *TINY_RUN, "trainer.devices=2", "seed=1,2", f"runs_root={tmp_path}"])
     assert exc.value.code == 2
     assert "trainer.devices=2 in a sweep" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [("trainer.devices=0", "`trainer.devices` must be at least 1"),
+     ("trainer.distributed_timeout=0", "`trainer.distributed_timeout` must be at least 1")],
+)  # fmt: skip
+def test_bad_process_settings_are_one_line(tmp_path: Path, capsys, override: str, message: str) -> None:
+    from mtl_cli.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["train", *TINY_RUN, override, f"runs_root={tmp_path}"])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_devices_must_match_the_launcher(monkeypatch) -> None:
