@@ -36,7 +36,7 @@ def end_to_end(processes: int, steps: int, root: Path) -> dict:
     per_process = BATCH // processes
     cmd = [
         sys.executable, "-m", "mtl_cli", "train", "trainer.progress=false", f"trainer.max_steps={steps}",
-        f"trainer.eval_every={steps}", f"trainer.batch_size={per_process}", "trainer.precision=fp32",
+        f"trainer.eval_every={steps}", f"trainer.batch_size={per_process}",
         f"trainer.devices={processes}", f"runs_root={root}",
     ]  # fmt: skip
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
@@ -56,14 +56,16 @@ def inner(steps: int) -> None:
     from torch.nn.parallel import DistributedDataParallel
 
     from mtl_cli.compose import compose_config
+    from mtl_cli.device import autocast, use_bf16
     from mtl_cli.train import prepare
     from mtl_cli.validation import to_typed
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
-    cfg = to_typed(compose_config(["trainer.precision=fp32", f"trainer.batch_size={BATCH // world}"]))
+    cfg = to_typed(compose_config([f"trainer.batch_size={BATCH // world}"]))
     cfg.trainer.threads = max(1, (os.cpu_count() or 1) // world)
     setup = prepare(cfg)
+    bf16 = use_bf16(cfg.trainer.precision, setup.device)
     model = setup.model
     ddp = DistributedDataParallel(model, find_unused_parameters=True)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
@@ -79,7 +81,9 @@ def inner(steps: int) -> None:
         began = time.perf_counter()
         context = ddp.no_sync() if not sync else torch.enable_grad()
         with context:
-            ttype.loss(ddp(task, batch), batch).backward()
+            with autocast(setup.device, bf16):  # as mtl trains by default (trainer.precision=auto)
+                loss = ttype.loss(ddp(task, batch), batch)
+            loss.backward()
         opt.zero_grad(set_to_none=True)
         dist.barrier()  # both ranks' step ends here: the slower one sets the time
         return time.perf_counter() - began
@@ -102,7 +106,7 @@ def inner(steps: int) -> None:
         print(json.dumps({
             "step_seconds_with_allreduce": s, "step_seconds_without": n, "allreduce_share": (s - n) / s,
             "plain_allreduce_seconds": statistics.median(reduce_times), "gradient_values": numel,
-            "threads_per_process": torch.get_num_threads(),
+            "threads_per_process": torch.get_num_threads(), "bf16": bf16,
         }))  # fmt: skip
     dist.destroy_process_group()
 
