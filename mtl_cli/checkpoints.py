@@ -483,6 +483,7 @@ def rebuild_model(ckpt: Path, cfg: Any, labels: dict) -> tuple[Any, Any]:
     if base is not None and hasattr(model.trunk, "check_base"):
         model.trunk.check_base(base)
     load_weights(model, ckpt)
+    model.use_tokenizer(tokenizer)
     return model, tokenizer
 
 

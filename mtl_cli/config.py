@@ -59,6 +59,8 @@ class DataFormat(Choice):
     parquet = "parquet"
     conll = "conll"
     text = "text"
+    # Two line-aligned files per split, `<file>.<source_language>` and `<file>.<target_language>` (seq2seq).
+    parallel = "parallel"
 
 
 # The decoding error handlers `datasets` passes on to Python's codecs. A plain string checked by
@@ -163,6 +165,18 @@ class TaskConfig:
     mlm_probability: float = 0.15
     max_train_examples: int | None = None
     max_eval_examples: int | None = None
+    # seq2seq (source text -> target text): the target column, its token budget, and generation.
+    target_column: str = "target"
+    max_target_length: int = 128
+    # format: parallel: the suffixes of a split's two line-aligned files (e.g. de, en).
+    source_language: str | None = None
+    target_language: str | None = None
+    label_smoothing: float = 0.0
+    # Evaluation and prediction: greedy (1) or beam search, at most this many generated tokens.
+    num_beams: int = 1
+    max_new_tokens: int = 64
+    # seq2seq tasks naming the same decoder share it (one module); null: the task's own decoder.
+    decoder: str | None = None
 
 
 @dataclass

@@ -45,6 +45,9 @@ def evaluate_task(model: Any, task: str, ttype: Any, columns: dict, labels: Any,
         total_loss += batch_loss
         count += n
     loss = total_loss / max(count, 1)
+    if hasattr(ttype, "examples"):  # generated text: a few examples in the log
+        for ex in ttype.examples(preds, golds):
+            log.info("%s example | %s", task, " | ".join(f"{k}: {v}" for k, v in ex.items()))
     return {**ttype.metrics(preds, golds, labels, loss), "loss": loss}
 
 

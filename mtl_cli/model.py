@@ -45,6 +45,12 @@ class MultiTaskModel(nn.Module):
             inputs["input_ids"] = batch["input_ids"]
         return self.heads[task](self.trunk(task, **inputs), batch)
 
+    def use_tokenizer(self, tokenizer: Any) -> None:
+        """Heads that write text (seq2seq) decode with the run's tokenizer."""
+        for head in self.heads.values():
+            if hasattr(head, "tokenizer"):
+                head.tokenizer = tokenizer
+
     def shared_parameters(self) -> list[nn.Parameter]:
         return self.trunk.shared_parameters()
 
@@ -83,5 +89,12 @@ def build_model(encoder: Any, task_cfgs: dict, labels: dict[str, list[str] | Non
         name: task_types.get(cfg.type).build_head(hidden, labels[name], trunk.encoder, sharing)
         for name, cfg in task_cfgs.items()
     }
+    decoders: dict[str, Any] = {}  # seq2seq tasks naming the same `decoder` train one module
+    for name, cfg in task_cfgs.items():
+        head = heads[name]
+        if hasattr(head, "configure"):
+            head.configure(cfg)
+        if getattr(cfg, "decoder", None) and hasattr(head, "decoder"):
+            head.decoder = decoders.setdefault(cfg.decoder, head.decoder)
     embedding_tasks = [name for name, cfg in task_cfgs.items() if cfg.task_marker == "embedding"]
     return MultiTaskModel(trunk, heads, embedding_tasks)

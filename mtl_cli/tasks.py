@@ -95,6 +95,8 @@ def resolve_path(path: str, cfg: TaskConfig, data_root: str | None) -> Path:
 def _load_local(name: str, cfg: TaskConfig, data_root: str | None):
     import datasets
 
+    if cfg.format == "parallel":
+        return _load_parallel(name, cfg, data_root)
     files: dict[str, str] = {}
     for split, rel in cfg.files.items():
         path = resolve_path(rel, cfg, data_root)
@@ -152,6 +154,60 @@ def _load_local(name: str, cfg: TaskConfig, data_root: str | None):
             f"task '{name}': could not read its {cfg.format} files ({first}); check `task.{name}.format`, "
             f"`.delimiter`, `.header` and `.quoting`"
         ) from None
+
+
+def _load_parallel(name: str, cfg: TaskConfig, data_root: str | None):
+    """format: parallel: each split is two line-aligned files, `<file>.<source_language>` (the text)
+    and `<file>.<target_language>` (the target), one sentence per line."""
+    import datasets
+
+    if not cfg.source_language or not cfg.target_language:
+        raise MtlError(
+            f"task '{name}': format: parallel reads <file>.<source_language> and <file>.<target_language>; set "
+            f"task.{name}.source_language and task.{name}.target_language (e.g. de and en)"
+        )
+    out = {}
+    for split, rel in cfg.files.items():
+        sides: dict[str, list[str]] = {}
+        for column, language in ((cfg.text_column, cfg.source_language), (cfg.target_column, cfg.target_language)):
+            path = resolve_path(f"{rel}.{language}", cfg, data_root)
+            _check_data_file(name, split, path, f"{rel}.{language}", cfg, data_root)
+            try:
+                sides[column] = path.read_text(encoding=cfg.encoding, errors=cfg.encoding_errors).splitlines()
+            except (OSError, UnicodeDecodeError) as err:
+                raise MtlError(
+                    f"task '{name}': cannot read {path} ({first_line(err)}); check the file or task.{name}.encoding"
+                ) from None
+        source, target = sides.values()
+        if len(source) != len(target):
+            raise MtlError(
+                f"task '{name}': the {split} files are not line-aligned ({len(source)} source lines, {len(target)} "
+                f"target lines in {rel}.{cfg.source_language} / .{cfg.target_language}); each line must translate the other"
+            )
+        if not source:
+            raise MtlError(f"task '{name}': the {split} split is empty ({rel}.{cfg.source_language} has no lines)")
+        out[split] = datasets.Dataset.from_dict(sides)
+    return datasets.DatasetDict(out)
+
+
+def _carve_by_text(train, count: int, seed: int) -> tuple[Any, Any]:
+    """(rest, carved): whole groups of examples with the same source text go to one side, so that a
+    source with several references never lands in both (a leak for translation)."""
+    import numpy as np
+
+    texts = train["text"]
+    groups: dict[str, list[int]] = {}
+    for i, text in enumerate(texts):
+        groups.setdefault(text, []).append(i)
+    order = np.random.default_rng(seed).permutation(len(groups))
+    keys = list(groups)
+    carved: list[int] = []
+    for g in order:
+        if len(carved) >= count:
+            break
+        carved += groups[keys[g]]
+    chosen = set(carved)
+    return train.select([i for i in range(len(texts)) if i not in chosen]), train.select(sorted(carved))
 
 
 def _check_data_file(name: str, split: str, path: Path, rel: str, cfg: TaskConfig, data_root: str | None) -> None:
@@ -343,6 +399,9 @@ def _complete_splits(name: str, cfg: TaskConfig, raw):
                 f"task '{name}': cannot carve {count} {split} examples from {len(train)} training examples; "
                 f"lower task.{name}.{split}_size or add a {split} file"
             )
+        if getattr(task_types.get(cfg.type), "SPLIT_BY_TEXT", False):
+            train, out[split] = _carve_by_text(train, count, cfg.split_seed)
+            continue
         parts = None
         if isinstance(train.features.get("label"), datasets.ClassLabel):
             try:

@@ -279,11 +279,13 @@ def check_positions(cfg: MtlConfig, encoder: Any) -> None:
     if any(k in kind for k in OFFSET_POSITIONS):
         limit -= int(getattr(config, "pad_token_id", 1) or 1) + 1
     for name, task in cfg.task.items():
-        if task.max_length > limit:
-            raise MtlError(
-                f"`task.{name}.max_length={task.max_length}` is more than the {limit} positions the encoder "
-                f"({kind or type(encoder).__name__}) has; set task.{name}.max_length={limit} or less"
-            )
+        keys = ["max_length", "max_target_length"] if task.type == "seq2seq" else ["max_length"]  # a decoder like it
+        for key in keys:
+            if getattr(task, key) > limit:
+                raise MtlError(
+                    f"`task.{name}.{key}={getattr(task, key)}` is more than the {limit} positions the encoder "
+                    f"({kind or type(encoder).__name__}) has; set task.{name}.{key}={limit} or less"
+                )
 
 
 def build(s: Setup, run: RunDir, resumed: bool = False) -> Parts:
@@ -311,6 +313,7 @@ def build(s: Setup, run: RunDir, resumed: bool = False) -> Parts:
         log.warning("data check: %s (details: mtl data check, or data_check.json)", warning)
     labels = {n: tk.labels for n, tk in s.tasks.items()}
     model = s.model.to(s.device)  # built by prepare, seeded as before
+    model.use_tokenizer(s.tokenizer)
     counts = model.parameter_counts()
     write_json(run.parameters, {"sharing": cfg.sharing.name, **counts})
     log.info("sharing=%s parameters: %s", cfg.sharing.name, counts)

@@ -111,6 +111,19 @@ def _numbers(node: Any, at: str) -> Any:
         yield at, node
 
 
+def validate_seq2seq(cfg: MtlConfig, name: str) -> None:
+    task, at = cfg.task[name], f"task.{name}"
+    if cfg.sharing.name != "hard":
+        raise MtlError(
+            f"task '{name}' (seq2seq) warm-starts its decoder from the whole encoder, which sharing={cfg.sharing.name} "
+            "splits or freezes; use sharing=hard for runs with seq2seq tasks"
+        )
+    if task.max_target_length < 3 or task.max_new_tokens < 1 or task.num_beams < 1:
+        raise MtlError(f"`{at}.max_target_length` must be >= 3, `.max_new_tokens` and `.num_beams` >= 1")
+    if not 0 <= task.label_smoothing < 1:
+        raise MtlError(f"`{at}.label_smoothing` must be in [0, 1); got {task.label_smoothing}")
+
+
 def validate_tasks(cfg: MtlConfig) -> None:
     for name, task in cfg.task.items():
         at = f"task.{name}"
@@ -140,6 +153,8 @@ def validate_tasks(cfg: MtlConfig) -> None:
             raise MtlError(f"`{at}.head_tokens` must be between 1 and max_length - 3; got {task.head_tokens}")
         if not 0 < task.mlm_probability < 1:
             raise MtlError(f"`{at}.mlm_probability` must be in (0, 1); got {task.mlm_probability}")
+        if task.type == "seq2seq":
+            validate_seq2seq(cfg, name)
         for key in ("max_train_examples", "max_eval_examples"):
             value = getattr(task, key)
             if value is not None and value < 1:

@@ -111,6 +111,7 @@ METRIC_INPUTS = {
     "multilabel": ([[1, 0], [0, 1], [1, 1]], [[1, 0], [1, 1], [0, 1]], ["x", "y"], 0.3),
     "token_classification": ([[0, 1, 2], [0]], [[0, 1, 0], [0]], ["O", "B-LOC", "I-LOC"], 0.4),
     "mlm": ([3, 4, 5], [3, 4, 6], None, 2.0),
+    "seq2seq": ([("one and two", "eins und zwei")], ["one and two"], None, 1.5),
 }
 
 

@@ -26,7 +26,7 @@ from types import ModuleType
 
 from mtl_cli.errors import MtlError
 
-TASK_TYPES = ("classification", "regression", "multilabel", "token_classification", "mlm")
+TASK_TYPES = ("classification", "regression", "multilabel", "token_classification", "mlm", "seq2seq")
 
 
 def get(name: str) -> ModuleType:
