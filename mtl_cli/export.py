@@ -183,6 +183,11 @@ def choose_formats(task: str, task_type: str, cfg: Any, export_format: str) -> l
             f"task '{task}' is a masked-LM task, an auxiliary task of the run with nothing to deploy; "
             f"export one of its other tasks ({', '.join(others) or 'none'})"
         )
+    if task_type == "seq2seq":
+        raise MtlError(
+            f"task '{task}' is a seq2seq task, which mtl export cannot write yet (a transformers "
+            f"EncoderDecoderModel is planned); for its translations use: mtl predict <run> tasks={task} input=FILE"
+        )
     unfit = hf_unfit(task_type, cfg.sharing)
     if unfit and export_format in ("hf", "both"):
         raise MtlError(

@@ -323,6 +323,13 @@ def task_view(
         batch["text_pair"] = [
             _as_text(v, data, i, pair) for i, v in enumerate(_column(data, pair, name, "text_pair_column"))
         ]
+    if cfg.type == "seq2seq":  # references, when the input has the target column: then it is scored
+        labelled = not data.fixed and cfg.target_column in data.columns
+        targets = _column(data, cfg.target_column, name, None) if labelled else [""] * len(texts)
+        batch["target"] = (
+            [_as_text(v, data, i, cfg.target_column) for i, v in enumerate(targets)] if labelled else targets
+        )
+        return TaskView(batch, labelled)
     labelled = not data.fixed and cfg.label_column in data.columns
     if labelled:
         batch["label"] = GOLD[cfg.type](name, cfg, labels, _column(data, cfg.label_column, name, None), data)

@@ -273,6 +273,11 @@ def _infer(
         with autocast(trained.device, bf16):
             output = trained.model(name, batch)
             p, g = ttype.predict(output, batch)
+        if isinstance(output, dict):  # generated text (seq2seq): no logits per example
+            for j, i in enumerate(idx):
+                preds[i], golds[i], outputs[i] = p[j], g[j], []
+            advance(len(idx))
+            continue
         raw = output.float().cpu()
         if token:  # each word's first piece: where the gold (or dummy) tag sits
             keep = (batch["labels"] != IGNORE).cpu()
@@ -340,8 +345,13 @@ def _softmax(raw: list[float]) -> list[float]:
     return (e / e.sum()).tolist()
 
 
+def _seq2seq(result: TaskResult, i: int, pred: tuple[str, str], raw: list) -> dict:
+    return {"output": pred[0]}  # the generated text (uncased where the tokenizer is)
+
+
 RECORDS: dict[str, Callable[..., dict]] = {
     "classification": _classification, "multilabel": _multilabel, "regression": _regression, TOKEN_TYPE: _token,
+    "seq2seq": _seq2seq,
 }  # fmt: skip
 
 

@@ -143,3 +143,21 @@ def test_minilm_learns_german_to_english(tmp_path: Path) -> None:
     )  # fmt: skip
     scores = run["results"]["de_en"]
     assert scores["chrf"] > scores["copy_chrf"], scores
+
+
+def test_predict_writes_the_generated_text_and_scores_a_labelled_input(tmp_path: Path, capsys) -> None:
+    from mtl_cli.cli import main
+
+    conf = numbers_task(tmp_path / "conf", tmp_path / "data")
+    run = tiny_run(tmp_path / "runs", "task=[numbers]", "trainer.max_steps=4", "trainer.eval_every=4", config_dir=conf)
+    (tmp_path / "new.csv").write_text("text,target\neins und zwei,one and two\ndrei,three\n")
+    capsys.readouterr()
+    main(["predict", run["run_dir"], f"input={tmp_path / 'new.csv'}"])
+    out, err = capsys.readouterr()
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [r["text"] for r in records] == ["eins und zwei", "drei"]
+    assert all(isinstance(r["numbers"]["output"], str) for r in records)
+    assert "numbers (2 labelled examples): chrf " in err
+    with pytest.raises(SystemExit) as exc:
+        main(["export", run["run_dir"], "task=numbers", f"out={tmp_path / 'export'}"])
+    assert exc.value.code == 2 and "seq2seq task, which mtl export cannot write yet" in capsys.readouterr().err
