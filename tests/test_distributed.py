@@ -79,7 +79,10 @@ def assert_written_once(run_dir: Path) -> None:
 
 @pytest.mark.parametrize(
     "per_process",
-    [["trainer.batch_size=4"], ["trainer.batch_size=2", "trainer.gradient_accumulation_steps=2"]],
+    [
+        ["trainer.batch_size=4"],
+        pytest.param(["trainer.batch_size=2", "trainer.gradient_accumulation_steps=2"], marks=pytest.mark.slow),
+    ],
     ids=["batch-4", "batch-2-accumulated-2"],
 )
 def test_two_processes_of_batch_4_equal_one_of_batch_8(tmp_path: Path, per_process: list[str]) -> None:
@@ -121,6 +124,7 @@ def test_devices_shortcut_starts_the_ranks_itself(tmp_path: Path) -> None:
     assert json.loads((out / "checkpoints" / "last" / "trainer_state.json").read_text())["world_size"] == 2
 
 
+@pytest.mark.slow  # 30 s of the default suite; the shortcut and torchrun cover the same code
 def test_accelerate_launch_trains_one_run(tmp_path: Path) -> None:
     pytest.importorskip("accelerate")
     accelerate = Path(sys.executable).with_name("accelerate")
