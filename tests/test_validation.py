@@ -27,7 +27,10 @@ CHOICES = {
     "task.restaurants.task_marker=suffix": ("task.restaurants.task_marker", "[prefix, embedding]"),
     "sharing.pooling=max": ("sharing.pooling", "[mean, cls]"),
     "sharing.adapter=ia3": ("sharing.adapter", "[lora]"),
-    "task.restaurants.format=xml": ("task.restaurants.format", "[csv, tsv, json, jsonl, parquet, conll, text]"),
+    "task.restaurants.format=xml": (
+        "task.restaurants.format",
+        "[csv, tsv, json, jsonl, parquet, conll, text, parallel]",
+    ),
     "task.restaurants.source=s3": ("task.restaurants.source", "[local, hub]"),
 }
 
@@ -146,7 +149,7 @@ def test_early_stopping_needs_a_method_that_supports_it() -> None:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["task.restaurants.type=seq2seq"], "`task.restaurants.type`: unknown task type 'seq2seq'; use one of"),
+        (["task.restaurants.type=seq3seq"], "`task.restaurants.type`: unknown task type 'seq3seq'; use one of"),
         (["sharing.name=tree"], "unknown sharing scheme 'tree' (`sharing=`); use one of"),
         (["loss_weighting.name=max"], "unknown loss weighting 'max' (`loss_weighting=`); use one of"),
         (["mixing.name=softmax"], "unknown mixing strategy 'softmax' (`mixing=`): choose one of"),
