@@ -252,14 +252,11 @@ def check_gpus(devices: int, device: str) -> None:
 
 def launch_ranks(devices: int, argv: list[str]) -> int:
     """trainer.devices=N: N ranks of this command on this machine (torchrun --standalone's engine)."""
-    import logging
-
     from mtl_cli.distributed import launch
 
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # each rank says why it stopped
     print(f"mtl: starting {devices} processes (torch.distributed elastic launcher)", file=sys.stderr)
     code, rank = launch(devices, argv)
-    if code > 128:
+    if code > 128 and rank >= 0:
         import signal
 
         name = signal.Signals(code - 128).name if code - 128 in signal.Signals._value2member_map_ else code - 128

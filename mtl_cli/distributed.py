@@ -249,10 +249,16 @@ def launch(nproc: int, argv: list[str]) -> tuple[int, int]:
     """Run `python -m mtl_cli <argv>` as `nproc` ranks on this machine through torch's elastic launcher
     (what `torchrun --standalone --nproc_per_node N` does); (exit code, rank) of the first rank that
     failed (a signal as 128 + its number), (0, 0) when all succeeded."""
+    import logging
     import uuid
 
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    for name in list(logging.root.manager.loggerDict):  # each rank says why it stopped, in one line
+        if name.startswith("torch.distributed.elastic"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
 
     config = LaunchConfig(
         min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
@@ -263,4 +269,6 @@ def launch(nproc: int, argv: list[str]) -> tuple[int, int]:
     except ChildFailedError as err:
         rank, first = err.get_first_failure()
         return (first.exitcode if first.exitcode > 0 else 128 - first.exitcode), rank  # -15: ended by SIGTERM
+    except SignalException as err:  # Ctrl-C or SIGTERM to this process: the ranks got it too, and said so
+        return 128 + int(err.sigval), -1
     return 0, 0

@@ -297,3 +297,24 @@ def test_a_rank_killed_stops_the_other_and_resume_needs_the_same_world_size(tmp_
 
     with pytest.raises(MtlError, match=r"trained on 2 process\(es\), this resume has 1; resume it on 2"):
         resume(out)
+
+
+@pytest.mark.slow
+def test_ctrl_c_to_the_whole_command_saves_once_and_exits_130(tmp_path: Path) -> None:
+    """A terminal's Ctrl-C reaches the launcher and every rank: one save, one line, no traceback."""
+    root = tmp_path / "runs"
+    cmd = mtl_command("train", *TINY_RUN, "trainer.devices=2", f"runs_root={root}", "trainer.max_steps=100000",
+                      "trainer.eval_every=10")  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=child_env(), start_new_session=True)  # fmt: skip
+    while not list(root.glob("*/*/checkpoints/last")) and proc.poll() is None:
+        time.sleep(0.1)
+    assert proc.poll() is None, proc.communicate()
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=1800)
+    assert proc.returncode == 130, err[-3000:]
+    assert err.count("checkpoint saved; continue with: mtl train resume=") == 1, err
+    assert "Traceback" not in err
+    out = only_run(root)
+    step = json.loads((out / "checkpoints" / "last" / "trainer_state.json").read_text())["step"]
+    assert f"SIGINT: stopped at step {step}, checkpoint saved" in err
