@@ -65,20 +65,23 @@ def writes() -> bool:
 
 def launched_world() -> World:
     """The world a launcher started this process in (World() without one)."""
-    if not os.environ.get("WORLD_SIZE") or int(os.environ["WORLD_SIZE"]) <= 1:
-        return World()
-    missing = [k for k in LAUNCHER_ENV if not os.environ.get(k)]
-    if missing:
+    try:
+        size = int(os.environ.get("WORLD_SIZE") or 1)
+        if size <= 1:
+            return World()
+        missing = [k for k in LAUNCHER_ENV if not os.environ.get(k)]
+        if missing:
+            raise MtlError(
+                f"WORLD_SIZE={size} is set but {', '.join(missing)} is not: start the processes with "
+                "torchrun (or accelerate launch, or trainer.devices=N), which sets them all"
+            )
+        env = os.environ
+        return World(int(env["RANK"]), size, int(env["LOCAL_RANK"]), int(env.get("LOCAL_WORLD_SIZE", size)))
+    except ValueError:
+        shown = {k: os.environ.get(k) for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE")}
         raise MtlError(
-            f"WORLD_SIZE={os.environ['WORLD_SIZE']} is set but {', '.join(missing)} is not: start the processes with "
-            "torchrun (or accelerate launch, or trainer.devices=N), which sets them all"
-        )
-    return World(
-        int(os.environ["RANK"]),
-        int(os.environ["WORLD_SIZE"]),
-        int(os.environ["LOCAL_RANK"]),
-        int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])),
-    )
+            f"the launcher's variables are not whole numbers ({shown}); unset them, or start with torchrun"
+        ) from None
 
 
 def check_devices(devices: int | None, world: World) -> None:

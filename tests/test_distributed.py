@@ -318,3 +318,12 @@ def test_ctrl_c_to_the_whole_command_saves_once_and_exits_130(tmp_path: Path) ->
     out = only_run(root)
     step = json.loads((out / "checkpoints" / "last" / "trainer_state.json").read_text())["step"]
     assert f"SIGINT: stopped at step {step}, checkpoint saved" in err
+
+
+def test_launcher_variables_that_are_not_numbers_are_one_line(monkeypatch) -> None:
+    from mtl_cli.distributed import launched_world
+    from mtl_cli.errors import MtlError
+
+    monkeypatch.setenv("WORLD_SIZE", "abc")
+    with pytest.raises(MtlError, match="the launcher's variables are not whole numbers"):
+        launched_world()
