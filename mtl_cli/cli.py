@@ -27,7 +27,7 @@ commands:
   train [-m] [overrides...]   train; e.g. mtl train task=sentences/yelp+sentences/imdb data_root=../shared/data
                               (mtl train --help lists the config groups; -m runs a sweep)
   train resume=RUN_DIR        continue a stopped run from its last checkpoint (Ctrl-C saves one)
-  eval RUN_DIR [key=value]    evaluate a run's checkpoint: split=test|validation checkpoint=best|last|step-<n>
+  eval RUN_DIR [key=value]    evaluate a run's checkpoint: split=test|validation|test_<name> checkpoint=best|last|step-<n>
                               tasks=a+b data_root=DIR batch_size=N; RUN_DIR may be `latest`
   predict RUN_DIR input=FILE [key=value]
                               label new data: input=FILE|- (csv, tsv, json, jsonl, parquet, txt, conll) tasks=a+b
@@ -491,7 +491,7 @@ def true_or_false(opts: dict[str, str], key: str) -> bool:
 def eval_command(args: list[str]) -> None:
     if not args or args[0] in ("-h", "--help"):
         print(
-            "usage: mtl eval RUN_DIR|latest [split=test|validation] [checkpoint=best|last|best-<task>|step-<n>] "
+            "usage: mtl eval RUN_DIR|latest [split=test|validation|test_<name>] [checkpoint=best|last|best-<task>|step-<n>] "
             "[tasks=a+b] [data_root=DIR] [batch_size=N] [trust_remote_code=true] [allow_changed_data=true]"
         )
         return

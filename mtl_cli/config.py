@@ -24,6 +24,18 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 CONF_DIR = PACKAGE_DIR / "conf" if (PACKAGE_DIR / "conf").is_dir() else PACKAGE_DIR.parent / "conf"
 
 SPLITS = ("train", "validation", "test")
+# Further test splits a task may name in `files` (`test_<name>`, e.g. test_flores): scored at the
+# end beside `test`, never used to pick checkpoints.
+EXTRA_TEST = re.compile(r"test_[a-z0-9]+")
+
+
+def is_extra_test(split: str) -> bool:
+    return EXTRA_TEST.fullmatch(split) is not None
+
+
+def held_out(splits: Any) -> list[str]:
+    """validation, test and the extra test splits among `splits`, in that order."""
+    return ["validation", "test", *sorted(s for s in splits if is_extra_test(s))]
 
 
 class Choice(str, Enum):
@@ -120,8 +132,9 @@ class TaskConfig:
     hub_config: str | None = None
     # A branch, tag or commit of the Hub dataset (e.g. refs/convert/parquet for script-only sets).
     hub_revision: str | None = None
-    # Split name -> file. Relative paths are read from `data_dir`, else `data_root`, else the
-    # current directory.
+    # Split name -> file: train, validation, test, and any extra test splits `test_<name>`
+    # (e.g. an out-of-domain set). Relative paths are read from `data_dir`, else `data_root`,
+    # else the current directory.
     files: dict[str, str] = field(default_factory=dict)
     data_dir: str | None = None
     format: DataFormat = DataFormat.csv

@@ -32,7 +32,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from mtl_cli.config import SPLITS, MtlConfig
+from mtl_cli.config import MtlConfig, held_out
 from mtl_cli.encoders import resolve_source
 from mtl_cli.errors import MtlError, first_line
 from mtl_cli.hub import hub_offline_mode, hub_reachable
@@ -43,7 +43,6 @@ from mtl_cli.writers import write_json, writing
 MAX_EXAMPLES = 3  # examples kept per duplicate or leakage finding
 OVER_LENGTH_SHARE = 0.05  # warn when more of a split than this is longer than max_length
 RARE_CLASS_SHARE = 0.01  # warn when a class has fewer train examples than this share
-HELD_OUT = ("validation", "test")
 _SHOW_CHARS = 100
 _BATCH = 2048
 
@@ -63,7 +62,7 @@ def check_tasks(tasks: dict[str, Task], tokenizer: Any = None, full: bool = True
     }
     keyed: dict[str, dict[str, _Split]] = {}
     for name, task in tasks.items():
-        splits = {split: _read_split(task, split) for split in SPLITS if split in task.splits}
+        splits = {split: _read_split(task, split) for split in ["train", *held_out(task.splits)]}
         keyed[name] = splits
         entry: dict[str, Any] = {
             "type": task.cfg.type,
@@ -83,7 +82,7 @@ def check_tasks(tasks: dict[str, Task], tokenizer: Any = None, full: bool = True
                 "duplicates": _duplicates(task, data),
             }
         train_keys = set(splits["train"].keys) - {""}
-        for split in HELD_OUT:
+        for split in held_out(splits):
             if split in splits:
                 hits = [i for i, k in enumerate(splits[split].keys) if k and k in train_keys]
                 entry["leakage"][split] = {
@@ -279,7 +278,7 @@ def _read_split(task: Task, split: str) -> _Split:
     # Arrow, not `ds[column]`: one C++ conversion per column, with any index mapping (carved splits) applied.
     ds = task.splits[split]
     table = ds.with_format("arrow")[:]
-    wanted = [c for c in ("text", "text_pair", "tokens", "tags", "label") if c in ds.column_names]
+    wanted = [c for c in ("text", "text_pair", "tokens", "tags", "label", "target") if c in ds.column_names]
     columns = {c: table.column(c).to_pylist() for c in wanted}
     kind = "tokens" if "tokens" in columns else "pair" if "text_pair" in columns else "text"
     return _Split(columns, kind)
@@ -331,13 +330,18 @@ def _label_distribution(task: Task, data: _Split) -> dict | None:
 
 
 def _duplicates(task: Task, data: _Split) -> dict:
-    counts = Counter(k for k in data.keys if k)
+    keys = data.keys
+    if "target" in data.columns:
+        # A source repeated with another reference is one more reference (Tatoeba has 826), not a
+        # duplicate: text-to-text examples repeat when source and target both do.
+        keys = [f"{k}\t{_norm(t)}" if k else "" for k, t in zip(keys, data.columns["target"], strict=True)]
+    counts = Counter(k for k in keys if k)
     dup = sorted((k for k, c in counts.items() if c > 1), key=lambda k: -counts[k])
     wanted = set(dup)
     labels = data.columns.get("label") if task.cfg.type == "classification" else None
     first: dict[str, int] = {}
     label_sets: dict[str, set] = defaultdict(set)
-    for i, k in enumerate(data.keys):
+    for i, k in enumerate(keys):
         if k in wanted:
             first.setdefault(k, i)
             if labels is not None:
@@ -388,7 +392,7 @@ def _cross_task(keyed: dict[str, dict[str, _Split]]) -> list[dict]:
                 in_train[k].append(name)
     out = []
     for name, splits in keyed.items():
-        for split in HELD_OUT:
+        for split in held_out(splits):
             if split not in splits:
                 continue
             hits: dict[str, list[int]] = defaultdict(list)

@@ -12,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 
 from mtl_cli.checkpoints import rebuild_model
+from mtl_cli.config import is_extra_test
 from mtl_cli.device import setup_torch, use_bf16
 from mtl_cli.errors import MtlError
 from mtl_cli.evaluate import Evaluator
@@ -60,8 +61,8 @@ def _evaluate(
     trust_remote_code: bool,
     allow_changed_data: bool,
 ) -> dict:
-    if split not in ("test", "validation"):
-        raise MtlError(f"split must be test or validation; got split={split}")
+    if split not in ("test", "validation") and not is_extra_test(split):
+        raise MtlError(f"split must be test, validation or an extra test split test_<name>; got split={split}")
     found = locate(run_dir.path, checkpoint, trust_remote_code)
     cfg, ckpt, out, labels, state = found.cfg, found.ckpt, found.out, found.labels, found.state
     check_tasks(cfg, tasks)
@@ -73,6 +74,13 @@ def _evaluate(
 
     # Same task configs and split_seed as in training, so carved splits hold the same examples.
     chosen = {name: cfg.task[name] for name in tasks or cfg.task}
+    if is_extra_test(split):  # the tasks that have this extra test split
+        chosen = {name: tc for name, tc in chosen.items() if split in tc.files}
+        if not chosen:
+            having = sorted({s for tc in cfg.task.values() for s in tc.files if is_extra_test(s)})
+            raise MtlError(
+                f"no task of this run has a {split} split; its extra test splits: {', '.join(having) or 'none'}"
+            )
     loaded = load_tasks(cfg, chosen)
     for name, task in loaded.items():
         if task.labels != labels.get(name):
@@ -90,7 +98,7 @@ def _evaluate(
     rows = table_rows({split: results}, {n: {"examples": len(data[split][n]["input_ids"])} for n in loaded})
     clean = {task: {m: v for m, v in metrics.items() if m != "loss"} for task, metrics in results.items()}
     name = found.name
-    print_table(rows, f"{ckpt} on {split}")
+    print_table(rows, f"{ckpt} on {split}", [split])
     made = not out.eval_dir.exists()
     md = out.eval_table(name, split)
     header = f"`mtl eval` of {name} (step {state.get('step')}) on {split}, {datetime.now():%Y-%m-%d %H:%M:%S}.\n\n"

@@ -12,6 +12,7 @@ import torch
 from mtl_cli import distributed, task_types
 from mtl_cli.batches import eval_batches
 from mtl_cli.checkpoints import load_weights
+from mtl_cli.config import held_out
 from mtl_cli.device import autocast
 from mtl_cli.plots import training_curves
 from mtl_cli.tables import print_table, table_rows, write_table
@@ -21,9 +22,13 @@ log = logging.getLogger("mtl")
 
 
 @torch.inference_mode()
-def evaluate_task(model: Any, task: str, ttype: Any, columns: dict, labels: Any, batch_size: int, pad_id: int) -> dict:
+def evaluate_task(
+    model: Any, task: str, ttype: Any, columns: dict, labels: Any, batch_size: int, pad_id: int,
+    samples: dict | None = None,
+) -> dict:  # fmt: skip
     """In a distributed run each rank scores every world-size-th batch and the batches are gathered
-    back into order, so every rank gets exactly the metrics of a 1-process evaluation."""
+    back into order, so every rank gets exactly the metrics of a 1-process evaluation. A task type
+    that generates text puts a few examples into `samples[task]` (for metrics.jsonl) and the log."""
     world = distributed.WORLD
     scored = []  # (batch number, predictions, golds, loss x examples, examples)
     device = next(model.parameters()).device
@@ -46,17 +51,23 @@ def evaluate_task(model: Any, task: str, ttype: Any, columns: dict, labels: Any,
         count += n
     loss = total_loss / max(count, 1)
     if hasattr(ttype, "examples"):  # generated text: a few examples in the log
-        for ex in ttype.examples(preds, golds):
+        shown = ttype.examples(preds, golds)
+        for ex in shown:
             log.info("%s example | %s", task, " | ".join(f"{k}: {v}" for k, v in ex.items()))
+        if samples is not None:
+            samples[task] = shown
     return {**ttype.metrics(preds, golds, labels, loss), "loss": loss}
 
 
-def evaluate(model: Any, data: dict, types: dict[str, str], labels: dict, batch_size: int, pad_id: int) -> dict:
+def evaluate(
+    model: Any, data: dict, types: dict[str, str], labels: dict, batch_size: int, pad_id: int,
+    samples: dict | None = None,
+) -> dict:  # fmt: skip
     """`data`: task -> columns of one split; `types`: task -> type name. Adds an `average` row."""
     was_training = model.training
     model.eval()
     results = {
-        task: evaluate_task(model, task, task_types.get(types[task]), cols, labels[task], batch_size, pad_id)
+        task: evaluate_task(model, task, task_types.get(types[task]), cols, labels[task], batch_size, pad_id, samples)
         for task, cols in data.items()
     }
     model.train(was_training)
@@ -83,12 +94,14 @@ class Evaluator:
         self.model, self.data, self.type_names, self.labels = model, data, type_names, labels
         self.batch_size, self.pad_id, self.device, self.bf16 = batch_size, pad_id, device, bf16
         self.seconds, self.examples = 0.0, 0
+        self.samples: dict[str, list[dict]] = {}  # task -> generated examples of the latest pass
 
     def __call__(self, split: str, tasks: list[str] | None = None) -> dict:
         data = {n: d for n, d in self.data[split].items() if tasks is None or n in tasks}
         began = time.perf_counter()
+        self.samples = {}
         with autocast(self.device, self.bf16):
-            out = evaluate(self.model, data, self.type_names, self.labels, self.batch_size, self.pad_id)
+            out = evaluate(self.model, data, self.type_names, self.labels, self.batch_size, self.pad_id, self.samples)
         self.seconds += time.perf_counter() - began
         self.examples += sum(len(d["input_ids"]) for d in data.values())
         return out
@@ -112,13 +125,15 @@ def final_results(parts: Any, state: Any, stopping: Any) -> dict:
     """
     run, evaluator = parts.run, parts.evaluator
     load_saved(parts.model, run.checkpoint("best"))
-    results = {split: evaluator(split) for split in ("validation", "test")}
+    # Extra test splits (test_<name>, the tasks that have one) are scored beside test, in the tables only.
+    results = {split: evaluator(split) for split in held_out(evaluator.data)}
     steps = dict.fromkeys(parts.types, state.best_step)
     if stopping is not None:
         for task, step in stopping.best_points().items():
             load_saved(parts.model, run.checkpoint(f"best-{task}"))
             for split, per_task in results.items():
-                per_task[task] = evaluator(split, [task])[task]
+                if task in per_task:
+                    per_task[task] = evaluator(split, [task])[task]
             steps[task] = step
         for per_task in results.values():
             per_task["average"] = average({t: r for t, r in per_task.items() if t != "average"}, evaluator.type_names)
@@ -140,7 +155,7 @@ def final_results(parts: Any, state: Any, stopping: Any) -> dict:
         write_table(run.table, rows, f"Per-task metrics of {what}; {state.step} steps trained.\n\n")
         write_json(run.results, test)
         training_curves(run.metrics, run.curves, {n: tt.MAIN_METRIC for n, tt in parts.types.items()})
-        print_table(rows, f"{run} ({what})")
+        print_table(rows, f"{run} ({what})", list(results))
     log.info("results (test split): %s", test)
     return {"run_dir": str(run), "results": test, "validation": results["validation"], "best_step": state.best_step}
 

@@ -18,6 +18,8 @@ import itertools
 import os
 from typing import Any
 
+from mtl_cli.config import held_out
+
 # Marks the fingerprints that hash every column; a checkpoint without it hashed input_ids only.
 _VERSION = "v2:"
 
@@ -121,12 +123,18 @@ def changed_tasks(saved: dict, current: dict[str, str], train: dict[str, dict[st
     return changed
 
 
-def split_fingerprints(tasks: dict[str, Any], splits: tuple[str, ...] = ("validation", "test")) -> dict:
+def split_fingerprints(tasks: dict[str, Any], splits: tuple[str, ...] | None = None) -> dict:
     """task -> split -> hash of the split's examples as loaded and carved (before tokenizing): which
-    examples a run picked its checkpoints on and was scored on. (The training split has its own
-    check, `data_fingerprint`, on what the model learns from.)"""
+    examples a run picked its checkpoints on and was scored on (by default validation, test and the
+    task's extra test splits). (The training split has its own check, `data_fingerprint`, on what
+    the model learns from.)"""
     return {
-        name: {split: columns_digest(task.splits[split].to_dict()) for split in splits} for name, task in tasks.items()
+        name: {
+            split: columns_digest(task.splits[split].to_dict())
+            for split in (splits or held_out(task.splits))
+            if split in task.splits
+        }
+        for name, task in tasks.items()
     }
 
 
@@ -139,5 +147,6 @@ def changed_splits(recorded: Any, tasks: dict[str, Any], split: str) -> list[str
     return [
         name
         for name in tasks
-        if not isinstance(recorded.get(name), dict) or recorded[name].get(split) != now[name][split]
+        if split in now[name]
+        and (not isinstance(recorded.get(name), dict) or recorded[name].get(split) != now[name][split])
     ]

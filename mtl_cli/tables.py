@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from mtl_cli.config import is_extra_test
 from mtl_cli.writers import write_texts
 
 SPLIT_NAMES = ("validation", "test")
@@ -31,15 +32,15 @@ def table_rows(results: dict[str, dict[str, dict[str, float]]], extra: dict[str,
     """
     first = next(iter(results.values()))
     tasks = [t for t in first if t != "average"] + ["average"]
-    # `main` (the average of each task's main metric, what picks checkpoints/best) exists on the average row only.
-    metrics = list(dict.fromkeys(m for r in first.values() for m in r if m != "loss"))
-    rows = []
-    for task in tasks:
-        row: dict[str, Any] = {"task": task, **extra.get(task, {})}
-        for split, per_task in results.items():
+    rows: list[dict[str, Any]] = [{"task": task, **extra.get(task, {})} for task in tasks]
+    for split, per_task in results.items():
+        # `main` (the average of each task's main metric, what picks checkpoints/best) exists on the average row only.
+        metrics = list(dict.fromkeys(m for r in per_task.values() for m in r if m != "loss"))
+        for row in rows:
+            # An extra test split (test_<name>) holds some tasks only: its average would not be comparable.
+            scored = per_task.get(row["task"], {}) if not (is_extra_test(split) and row["task"] == "average") else {}
             for metric in metrics:
-                row[f"{split}_{metric}"] = per_task[task].get(metric)
-        rows.append(row)
+                row[f"{split}_{metric}"] = scored.get(metric)
     return rows
 
 
@@ -83,15 +84,19 @@ def _short(col: str) -> str:
     )
 
 
-def print_table(rows: list[dict], title: str) -> None:
-    """Rich table: one row per task when tasks share a few metrics, else one row per (task, metric)."""
+def print_table(rows: list[dict], title: str, splits: list[str] | None = None) -> None:
+    """Rich table: one row per task when tasks share a few metrics, else one row per (task, metric).
+    `splits`: the split prefixes of the metric columns (by default validation and test)."""
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=title)
     cols = list(rows[0])
-    splits = list(dict.fromkeys(c.split("_", 1)[0] for c in cols if "_" in c and c.split("_", 1)[0] in SPLIT_NAMES))
-    metric_cols = [c for c in cols if c.split("_", 1)[0] in splits]
+    # Longest first: test_flores_chrf is split test_flores, not test with a metric flores_chrf.
+    prefixes = sorted(splits or SPLIT_NAMES, key=len, reverse=True)
+    split_of = {c: next((p for p in prefixes if c.startswith(p + "_")), None) for c in cols}
+    splits = [p for p in (splits or SPLIT_NAMES) if p in split_of.values()]
+    metric_cols = [c for c in cols if split_of[c]]
     if len([c for c in metric_cols if not c.endswith("_main")]) <= 6:
         cols = [c for c in cols if not c.endswith("_main")]  # equals accuracy when all tasks classify
         for col in cols:
@@ -100,7 +105,7 @@ def print_table(rows: list[dict], title: str) -> None:
             table.add_row(*[_fmt(row.get(c)) for c in cols], style="bold" if row["task"] == "average" else None)
     else:  # mixed task types: a long table stays readable where a wide one would not
         info = [c for c in cols if c not in metric_cols]
-        metrics = list(dict.fromkeys(c.split("_", 1)[1] for c in metric_cols))
+        metrics = list(dict.fromkeys(c[len(split_of[c]) + 1 :] for c in metric_cols))
         for col in [*info, "metric", *splits]:
             table.add_column(_short(col), justify="left" if col in ("task", "metric") else "right")
         for row in rows:

@@ -18,7 +18,7 @@ from types import ModuleType
 from typing import Any
 
 from mtl_cli import task_types
-from mtl_cli.config import SPLITS, MtlConfig, TaskConfig
+from mtl_cli.config import SPLITS, MtlConfig, TaskConfig, held_out
 from mtl_cli.conll import load_conll
 from mtl_cli.errors import MtlError, first_line
 from mtl_cli.fingerprints import content_config_name, file_digest, fingerprint
@@ -37,7 +37,7 @@ class Task:
     ttype: ModuleType  # its task type (mtl_cli/task_types): encode, collate, head, loss, metrics
 
     def sizes(self) -> dict[str, int]:
-        return {split: len(self.splits[split]) for split in SPLITS}
+        return {split: len(self.splits[split]) for split in self.splits}
 
 
 def load_tasks(cfg: MtlConfig, tasks: dict[str, TaskConfig] | None = None) -> dict[str, Task]:
@@ -78,7 +78,7 @@ def load_task(name: str, cfg: TaskConfig, data_root: str | None) -> Task:
             f"({first_line(err)}); make each column one kind (texts strings, labels names or numbers)"
         ) from None
     splits = _complete_splits(name, cfg, raw)
-    for split in SPLITS:
+    for split in splits:
         if len(splits[split]) == 0:
             raise MtlError(f"task '{name}': the {split} split is empty; add examples or check `task.{name}.files`")
     return Task(name=name, cfg=cfg, labels=labels, splits=splits, ttype=ttype)
@@ -422,7 +422,7 @@ def _complete_splits(name: str, cfg: TaskConfig, raw):
         train = train.shuffle(seed=cfg.split_seed).select(range(min(cfg.max_train_examples, len(train))))
     out["train"] = train
     if cfg.max_eval_examples:
-        for split in ("validation", "test"):
+        for split in held_out(out):
             ds = out[split]
             out[split] = ds.shuffle(seed=cfg.split_seed).select(range(min(cfg.max_eval_examples, len(ds))))
-    return datasets.DatasetDict({split: out[split] for split in SPLITS})
+    return datasets.DatasetDict({split: out[split] for split in ["train", *held_out(out)]})

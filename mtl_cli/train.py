@@ -414,7 +414,7 @@ def new_state_from(ckpt: Path, s: Setup) -> TrainState:
         f"{task}/{split}"
         for task, splits in now.items()
         if isinstance(saved.get(task), dict)
-        for split in ("validation", "test")
+        for split in splits
         if saved[task].get(split, splits[split]) != splits[split]
     ]
     if moved:
@@ -559,6 +559,8 @@ def evaluate_and_save(parts: Parts, state: TrainState, callbacks: list[Callback]
         if task in state.examples_seen:
             rec.update(train_loss=state.running_loss.get(task), examples_seen=state.examples_seen[task],
                        epochs=epochs[task])  # fmt: skip
+        if task in parts.evaluator.samples:  # generated text: source / reference / hypothesis
+            rec["examples"] = parts.evaluator.samples[task]
         ev.records[task] = rec
     stop = first_stop(cb.on_evaluate(parts, state, ev) for cb in callbacks)
     for task, rec in ev.records.items():

@@ -72,7 +72,13 @@ def data_digests(cfg: MtlConfig) -> dict[str, dict[str, str]]:
     for name, tc in cfg.task.items():
         if tc.source == "hub":
             continue
-        paths = {split: resolve_path(rel, tc, cfg.data_root) for split, rel in tc.files.items()}
+        # format: parallel names a stem: its data are <stem>.<source_language> and <stem>.<target_language>.
+        sides = [f".{tc.source_language}", f".{tc.target_language}"] if tc.format == "parallel" else [""]
+        paths = {
+            split + side: resolve_path(rel + side, tc, cfg.data_root)
+            for split, rel in tc.files.items()
+            for side in sides
+        }
         out[name] = {split: file_digest(path) for split, path in paths.items() if path.is_file()}
     return out
 

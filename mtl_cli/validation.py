@@ -21,7 +21,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from mtl_cli import loss_weighting, mixing, sharing, task_types
-from mtl_cli.config import ENCODING_ERRORS, SPLITS, MtlConfig, Source
+from mtl_cli.config import ENCODING_ERRORS, SPLITS, MtlConfig, Source, is_extra_test
 from mtl_cli.device import check_device
 from mtl_cli.errors import MtlError, first_line
 
@@ -140,9 +140,12 @@ def validate_tasks(cfg: MtlConfig) -> None:
         if task.source == Source.local:
             if "train" not in task.files:
                 raise MtlError(f"`{at}.files.train` is required: set it to the training file's path")
-            unknown = set(task.files) - set(SPLITS)
+            unknown = {s for s in task.files if s not in SPLITS and not is_extra_test(s)}
             if unknown:
-                raise MtlError(f"`{at}.files` has unknown split(s) {sorted(unknown)}; use {list(SPLITS)}")
+                raise MtlError(
+                    f"`{at}.files` has unknown split(s) {sorted(unknown)}; use {list(SPLITS)} or extra test "
+                    "splits named test_<name> (lower-case letters and digits, e.g. test_flores)"
+                )
         for key in ("validation_size", "test_size"):
             value = getattr(task, key)
             if value <= 0:

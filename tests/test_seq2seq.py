@@ -164,3 +164,80 @@ def test_predict_writes_the_generated_text_and_scores_a_labelled_input(tmp_path:
     with pytest.raises(SystemExit) as exc:
         main(["export", run["run_dir"], "task=numbers", f"out={tmp_path / 'export'}"])
     assert exc.value.code == 2 and "seq2seq task, which mtl export cannot write yet" in capsys.readouterr().err
+
+
+def test_an_extra_test_split_is_scored_beside_test_and_eval_reproduces_it(tmp_path: Path, capsys) -> None:
+    """files.test_ood: scored at the end in metrics.md/.csv (test_ood_* columns, the tasks that have it,
+    no average), not in results.json and not used to pick checkpoints; `mtl eval split=test_ood` gives
+    the same figures; the generated examples of each evaluation are in metrics.jsonl."""
+    import csv
+
+    from mtl_cli.cli import main
+
+    ood = parallel_files(tmp_path / "ood", n=24)
+    conf = numbers_task(tmp_path / "conf", tmp_path / "data", files={"train": str(tmp_path / "data" / "numbers"),
+                                                                      "test_ood": str(ood)})  # fmt: skip
+    run = tiny_run(tmp_path / "runs", "task=[demo/restaurants,numbers]", config_dir=conf)
+    out = Path(run["run_dir"])
+    rows = {r["task"]: r for r in csv.DictReader((out / "metrics.csv").open())}
+    assert 0 <= float(rows["numbers"]["test_ood_chrf"]) <= 1 and rows["numbers"]["test_ood_copy_chrf"]
+    assert rows["restaurants"]["test_ood_chrf"] == "" and rows["average"]["test_ood_chrf"] == ""
+    assert "test_ood_accuracy" not in rows["numbers"]  # restaurants has no test_ood: no columns of its metrics
+    assert set(json.loads((out / "results.json").read_text())) == {"restaurants", "numbers", "average"}
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    numbers = [r for r in records if r["task"] == "numbers"]
+    assert numbers and all(set(r["examples"][0]) == {"source", "reference", "hypothesis"} for r in numbers)
+    assert not any("examples" in r for r in records if r["task"] == "restaurants")
+    capsys.readouterr()
+    main(["eval", str(out), "split=test_ood"])
+    evaluated = json.loads((out / "eval" / "best_test_ood.json").read_text())
+    assert set(evaluated) == {"numbers", "average"}
+    for metric in ("chrf", "bleu", "copy_chrf"):
+        assert evaluated["numbers"][metric] == pytest.approx(float(rows["numbers"][f"test_ood_{metric}"]), abs=1e-4)
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", str(out), "split=test_other"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "no task of this run has a test_other split; its extra test splits: test_ood" in err
+
+
+def test_a_split_name_that_is_not_train_validation_test_or_test_name_is_one_line(tmp_path: Path, capsys) -> None:
+    from mtl_cli.cli import main
+
+    conf = numbers_task(tmp_path / "conf", tmp_path / "data", files={"train": str(tmp_path / "data" / "numbers"),
+                                                                      "dev": str(tmp_path / "data" / "numbers")})  # fmt: skip
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--config-dir", str(conf), "experiment=smoke", "task=[numbers]", f"runs_root={tmp_path}"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "unknown split(s) ['dev']" in err and "test_<name>" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_data_check_counts_repeated_pairs_not_repeated_sources_as_duplicates(tmp_path: Path) -> None:
+    """A source repeated with another reference is one more reference; the same pair twice is a duplicate."""
+    from mtl_cli.compose import compose_config
+    from mtl_cli.datacheck import check_tasks
+    from mtl_cli.tasks import load_tasks
+    from mtl_cli.validation import to_typed
+
+    conf = numbers_task(tmp_path / "conf", tmp_path, validation_size=2, test_size=2)
+    (tmp_path / "numbers.de").write_text("ein satz\nein satz\nzwei\nzwei\ndrei\nvier\nfuenf\nsechs\n")
+    (tmp_path / "numbers.en").write_text("a sentence\none sentence\ntwo\ntwo\nthree\nfour\nfive\nsix\n")
+    cfg = to_typed(compose_config(["task=[numbers]"], str(conf)))
+    tasks = load_tasks(cfg)
+    found = {split: s["duplicates"] for split, s in check_tasks(tasks)["tasks"]["numbers"]["splits"].items()}
+    assert sum(d["count"] for d in found.values()) == 2  # "zwei -> two" twice; "ein satz" has two references
+    assert [e["text"] for d in found.values() for e in d["examples"]] == ["zwei"]
+
+
+def test_transfer_baseline_key_hashes_both_sides_of_parallel_files(tmp_path: Path) -> None:
+    from mtl_cli.compose import compose_config
+    from mtl_cli.transfer import data_digests
+    from mtl_cli.validation import to_typed
+
+    conf = numbers_task(tmp_path / "conf", tmp_path / "data")
+    cfg = to_typed(compose_config(["task=[numbers]"], str(conf)))
+    before = data_digests(cfg)["numbers"]
+    assert set(before) == {"train.de", "train.en"}
+    (tmp_path / "data" / "numbers.en").write_text((tmp_path / "data" / "numbers.en").read_text().replace("one", "1"))
+    after = data_digests(cfg)["numbers"]
+    assert after["train.en"] != before["train.en"] and after["train.de"] == before["train.de"]
