@@ -138,7 +138,8 @@ def save_checkpoint(
         save_file(model_state(model), str(tmp / "model.safetensors"))
         if base is not None:
             write_json(tmp / BASE, base)
-        model.encoder.config.save_pretrained(tmp / "encoder")
+        # an encoder-decoder's whole config: the checkpoint rebuilds the model its decoder comes from
+        getattr(model.encoder, "mtl_seq2seq", model.encoder).config.save_pretrained(tmp / "encoder")
         tokenizer.save_pretrained(tmp / "tokenizer")
         write_json(tmp / "labels.json", labels)
         write_json(tmp / "trainer_state.json", state)

@@ -26,7 +26,7 @@ def resolve_source(cfg: EncoderConfig) -> str:
 
 def load_encoder(cfg: EncoderConfig) -> tuple[Any, Any]:
     """Returns (encoder model, tokenizer)."""
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -45,7 +45,14 @@ def load_encoder(cfg: EncoderConfig) -> tuple[Any, Any]:
             if not hasattr(config, key):
                 raise MtlError(f"`encoder.config_overrides.{key}` is not a setting of {type(config).__name__}")
             setattr(config, key, value)
-        if cfg.random_init:
+        if getattr(config, "is_encoder_decoder", False):  # T5, BART, Marian, mBART: share the encoder
+            model = shared_encoder(
+                AutoModelForSeq2SeqLM.from_config(config, trust_remote_code=cfg.trust_remote_code)
+                if cfg.random_init
+                else AutoModelForSeq2SeqLM.from_pretrained(source, config=config, **kwargs),
+                tokenizer,
+            )
+        elif cfg.random_init:
             model = AutoModel.from_config(config, trust_remote_code=cfg.trust_remote_code)
         else:
             model = AutoModel.from_pretrained(source, config=config, **kwargs)
@@ -57,6 +64,17 @@ def load_encoder(cfg: EncoderConfig) -> tuple[Any, Any]:
     return drop_pooler(model), tokenizer
 
 
+def shared_encoder(seq2seq: Any, tokenizer: Any) -> Any:
+    """The encoder of a pretrained encoder-decoder, the trunk every task shares. The whole model
+    stays reachable as `encoder.mtl_seq2seq` (not a submodule: the trunk holds the encoder only),
+    so seq2seq tasks take its decoder (task_types/seq2seq.py); the tokenizer learns the id the
+    decoder starts from, which seq2seq targets begin with."""
+    encoder = seq2seq.get_encoder()
+    object.__setattr__(encoder, "mtl_seq2seq", seq2seq)
+    tokenizer.mtl_decoder_start = seq2seq.config.decoder_start_token_id
+    return encoder
+
+
 def drop_pooler(model: Any) -> Any:
     """The heads pool for themselves; BERT's pooler would be dead weight that never gets a gradient."""
     if getattr(model, "pooler", None) is not None:
@@ -66,13 +84,15 @@ def drop_pooler(model: Any) -> Any:
 
 def encoder_from_checkpoint(ckpt_dir: Path) -> tuple[Any, Any]:
     """Rebuild the architecture from the checkpoint's own config: no Hub, no original weights."""
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     tokenizer = checkpoint_tokenizer(ckpt_dir)
     try:  # trust_remote_code stays off: a checkpoint's config never brings code to run
         config = AutoConfig.from_pretrained(ckpt_dir / "encoder")
+        if getattr(config, "is_encoder_decoder", False):
+            return shared_encoder(AutoModelForSeq2SeqLM.from_config(config), tokenizer), tokenizer
         return drop_pooler(AutoModel.from_config(config)), tokenizer
     except Exception as err:
         raise MtlError(

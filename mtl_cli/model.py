@@ -6,6 +6,7 @@ with the trunk's last hidden states.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,6 +24,9 @@ class MultiTaskModel(nn.Module):
         super().__init__()
         self.trunk: Any = trunk  # a sharing scheme's Trunk (mtl_cli/sharing)
         self.heads: Any = nn.ModuleDict(heads)
+        # T5's and BART's encoders have no segment embeddings: text pairs reach them as one sequence.
+        params = inspect.signature(trunk.encoder.forward).parameters
+        self.takes_token_types = "token_type_ids" in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
         # Tasks with `task_marker: embedding` add a learned vector to every input embedding.
         self.task_index = {task: i for i, task in enumerate(embedding_tasks)}
         if embedding_tasks:
@@ -35,7 +39,7 @@ class MultiTaskModel(nn.Module):
 
     def forward(self, task: str, batch: dict) -> Any:
         inputs = {"attention_mask": batch["attention_mask"]}
-        if "token_type_ids" in batch:
+        if "token_type_ids" in batch and self.takes_token_types:
             inputs["token_type_ids"] = batch["token_type_ids"]
         if task in self.task_index:
             embeds = self.encoder.get_input_embeddings()(batch["input_ids"])

@@ -161,9 +161,6 @@ def test_predict_writes_the_generated_text_and_scores_a_labelled_input(tmp_path:
     assert [r["text"] for r in records] == ["eins und zwei", "drei"]
     assert all(isinstance(r["numbers"]["output"], str) for r in records)
     assert "numbers (2 labelled examples): chrf " in err
-    with pytest.raises(SystemExit) as exc:
-        main(["export", run["run_dir"], "task=numbers", f"out={tmp_path / 'export'}"])
-    assert exc.value.code == 2 and "seq2seq task, which mtl export cannot write yet" in capsys.readouterr().err
 
 
 def test_an_extra_test_split_is_scored_beside_test_and_eval_reproduces_it(tmp_path: Path, capsys) -> None:
@@ -241,3 +238,88 @@ def test_transfer_baseline_key_hashes_both_sides_of_parallel_files(tmp_path: Pat
     (tmp_path / "data" / "numbers.en").write_text((tmp_path / "data" / "numbers.en").read_text().replace("one", "1"))
     after = data_digests(cfg)["numbers"]
     assert after["train.en"] != before["train.en"] and after["train.de"] == before["train.de"]
+
+
+def tiny_encoder_decoder(folder: Path, kind: str) -> Path:
+    """A randomly initialised T5 or BART config of a few thousand parameters with MiniLM's tokenizer,
+    saved as a model folder (what `encoder=hf encoder.name_or_path=t5-small` downloads, shrunk)."""
+    from transformers import BartConfig, T5Config
+
+    _, tokenizer = tiny_encoder()
+    ids = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.sep_token_id}
+    if kind == "t5":
+        config = T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=16, d_ff=64, num_layers=2, num_heads=2,
+                          decoder_start_token_id=tokenizer.pad_token_id, **ids)  # fmt: skip
+    else:
+        config = BartConfig(vocab_size=len(tokenizer), d_model=32, encoder_layers=1, decoder_layers=1,
+                            encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
+                            decoder_ffn_dim=64, max_position_embeddings=128, bos_token_id=tokenizer.cls_token_id,
+                            decoder_start_token_id=tokenizer.sep_token_id, forced_eos_token_id=None, **ids)  # fmt: skip
+    tokenizer.save_pretrained(folder)
+    config.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("kind", ["t5", "bart"])
+def test_a_pretrained_encoder_decoder_shares_its_encoder_and_translates_with_its_decoder(
+    tmp_path: Path, kind: str
+) -> None:
+    """encoder=hf on an encoder-decoder: the trunk is its encoder (the classification task runs on it
+    too), the seq2seq task trains and generates with its own decoder, and mtl eval reproduces the run."""
+    from mtl_cli.cli import main
+    from mtl_cli.trained import load_trained
+
+    model_dir = tiny_encoder_decoder(tmp_path / kind, kind)
+    conf = numbers_task(tmp_path / "conf", tmp_path / "data")
+    run = tiny_run(
+        tmp_path / "runs", "task=[demo/restaurants,numbers]", "encoder=hf", f"encoder.name_or_path={model_dir}",
+        "encoder.random_init=true", config_dir=conf,
+    )  # fmt: skip
+    out = Path(run["run_dir"])
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["numbers"]) == {"chrf", "bleu", "copy_chrf"} and "accuracy" in results["restaurants"]
+    trained = load_trained(str(out))
+    head, encoder = trained.model.heads["numbers"], trained.model.trunk.encoder
+    assert head.pretrained and type(encoder).__name__ in ("T5Stack", "BartEncoder")
+    # The encoder is the trunk's only: cut out of the head's model (T5: decoder.encoder, BART: decoder.model.encoder)
+    assert not any(n.startswith(("decoder.encoder.", "decoder.model.encoder.")) for n, _ in head.named_parameters())
+    with pytest.raises(RuntimeError, match="mtl's trunk"):
+        head.decoder.get_encoder()(input_ids=torch.zeros(1, 2, dtype=torch.long))
+    main(["eval", str(out)])
+    evaluated = json.loads(next((out / "eval").glob("best_test*.json")).read_text())
+    for metric, value in results["numbers"].items():
+        assert evaluated["numbers"][metric] == pytest.approx(value, abs=1e-12)
+
+
+def test_pretrained_encoder_decoder_targets_start_with_its_decoder_start_and_gradients_reach_the_trunk(
+    tmp_path: Path,
+) -> None:
+    from mtl_cli.compose import compose_typed
+    from mtl_cli.encoders import load_encoder
+    from mtl_cli.model import build_model
+    from mtl_cli.task_types import seq2seq
+
+    model_dir = tiny_encoder_decoder(tmp_path / "t5", "t5")
+    cfg = compose_typed(["encoder=hf", f"encoder.name_or_path={model_dir}", "encoder.random_init=true"])
+    encoder, tokenizer = load_encoder(cfg.encoder)
+    task_cfg = compose_typed(["task=[demo/restaurants]"]).task["restaurants"]
+    task_cfg.type, task_cfg.max_target_length = "seq2seq", 16
+    enc = seq2seq.encode({"text": ["eins"], "target": ["one and two"]}, tokenizer, task_cfg, None)
+    target = enc["target_ids"][0]
+    assert target[0] == tokenizer.pad_token_id and target[-1] == tokenizer.sep_token_id  # T5: start = pad
+    model = build_model(encoder, {"a": task_cfg, "b": task_cfg}, {"a": None, "b": None}, cfg.sharing)
+    assert model.heads["a"].decoder is not model.heads["b"].decoder  # private decoders: no name shared
+    batch = seq2seq.collate([{"input_ids": enc["input_ids"][0], "target_ids": target}], tokenizer.pad_token_id, None)
+    model.train()
+    seq2seq.loss(model("b", batch), batch).backward()
+    first_layer = next(p for n, p in model.trunk.encoder.named_parameters() if "block.0" in n)
+    assert first_layer.grad is not None and first_layer.grad.abs().sum() > 0
+
+
+def test_an_encoder_decoder_from_the_unreachable_hub_is_one_line(tmp_path: Path) -> None:
+    from tests.conftest import run_mtl
+
+    proc = run_mtl("train", "encoder=hf", "encoder.name_or_path=t5-small", "task=[demo/restaurants]", cwd=tmp_path,
+                   env={"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"})  # fmt: skip
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "'t5-small' must come from the Hugging Face Hub, which is unreachable" in proc.stderr

@@ -43,8 +43,13 @@ def prepare(name: str, cfg: TaskConfig, raw: Any) -> tuple[Any, None]:
 
 def encode(batch: dict[str, list], tokenizer: Any, cfg: TaskConfig, labels: Any, marker_id=None) -> dict:
     enc = encode_texts(tokenizer, batch["text"], None, cfg, marker_id)
-    # [CLS] target [SEP]: [CLS] starts the decoder, [SEP] ends the text it generates.
-    enc["target_ids"] = tokenizer(batch["target"], truncation=True, max_length=cfg.max_target_length)["input_ids"]
+    start = getattr(tokenizer, "mtl_decoder_start", None)  # set for a pretrained encoder-decoder (encoders.py)
+    if start is None:
+        # [CLS] target [SEP]: [CLS] starts the decoder, [SEP] ends the text it generates.
+        enc["target_ids"] = tokenizer(batch["target"], truncation=True, max_length=cfg.max_target_length)["input_ids"]
+    else:  # the decoder's start id, then the target as its own tokenizer writes it (T5: text </s>)
+        targets = tokenizer(text_target=batch["target"], truncation=True, max_length=cfg.max_target_length - 1)
+        enc["target_ids"] = [[start, *ids] for ids in targets["input_ids"]]
     return enc
 
 
@@ -69,12 +74,44 @@ def warm_started_decoder(encoder: Any) -> nn.Module:
     return decoder
 
 
+def pretrained_decoder(encoder: Any, taken: bool) -> nn.Module:
+    """The decoder side of the pretrained encoder-decoder whose encoder is the trunk: the whole
+    seq2seq LM (decoder, LM head, generation) with its encoder cut out, since the trunk runs it.
+    A second task with its own decoder gets a copy that still shares the trunk's tensors (T5's
+    embeddings are the encoder's)."""
+    model = encoder.mtl_seq2seq
+    if taken:
+        shared = {id(t): t for t in [*encoder.parameters(), *encoder.buffers()]}
+        model = copy.deepcopy(model, memo={**shared, id(encoder): encoder})
+    for name, module in list(model.named_modules()):
+        if module is encoder or module is model.get_encoder():
+            parent, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, attr, TrunkRunsIt(module.main_input_name))
+            break
+    return model
+
+
+class TrunkRunsIt(nn.Module):
+    """Where a pretrained encoder-decoder's encoder was: generation asks for its input name only."""
+
+    def __init__(self, main_input_name: str) -> None:
+        super().__init__()
+        self.main_input_name = main_input_name
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("this encoder is mtl's trunk: pass encoder_outputs (the trunk's hidden states)")
+
+
 class Seq2SeqHead(nn.Module):
-    """head(hidden, batch): teacher-forced logits; in evaluation (no gradient) also the generated text."""
+    """head(hidden, batch): teacher-forced logits; in evaluation (no gradient) also the generated text.
+
+    `decoder` is a causal LM with cross-attention (BERT2BERT) or a pretrained encoder-decoder
+    without its encoder (`pretrained`: T5, BART, Marian), fed the trunk's hidden states."""
 
     def __init__(self, decoder: nn.Module) -> None:
         super().__init__()
         self.decoder: Any = decoder
+        self.pretrained = bool(getattr(decoder.config, "is_encoder_decoder", False))
         self.num_beams, self.max_new_tokens, self.label_smoothing = 1, 64, 0.0
         self.tokenizer: Any = None  # MultiTaskModel.use_tokenizer: generation's start/end ids, decoding
 
@@ -88,10 +125,16 @@ class Seq2SeqHead(nn.Module):
 
     def forward(self, hidden: torch.Tensor, batch: dict) -> dict:
         mask = batch["attention_mask"]
-        logits = self.decoder(
-            input_ids=batch["decoder_input_ids"], attention_mask=batch["decoder_attention_mask"],
-            encoder_hidden_states=hidden, encoder_attention_mask=mask,
-        ).logits  # fmt: skip
+        if self.pretrained:
+            logits = self.decoder(
+                encoder_outputs=(hidden,), attention_mask=mask, decoder_input_ids=batch["decoder_input_ids"],
+                decoder_attention_mask=batch["decoder_attention_mask"],
+            ).logits  # fmt: skip
+        else:
+            logits = self.decoder(
+                input_ids=batch["decoder_input_ids"], attention_mask=batch["decoder_attention_mask"],
+                encoder_hidden_states=hidden, encoder_attention_mask=mask,
+            ).logits  # fmt: skip
         out: dict[str, Any] = {"logits": logits, "label_smoothing": self.label_smoothing}
         if not self.training and not torch.is_grad_enabled():
             out.update(self.texts(self.generate(hidden, mask), batch))
@@ -103,6 +146,14 @@ class Seq2SeqHead(nn.Module):
         from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
         tok = self.require_tokenizer()
+        if self.pretrained:  # the model's own start, end and pad ids (its generation config)
+            from transformers.modeling_outputs import BaseModelOutput
+
+            ids = self.decoder.generate(
+                encoder_outputs=BaseModelOutput(last_hidden_state=hidden), attention_mask=mask,
+                max_new_tokens=self.max_new_tokens, num_beams=self.num_beams, do_sample=False, use_cache=True,
+            )  # fmt: skip
+            return ids[:, 1:]
         start = torch.full((hidden.shape[0], 1), tok.cls_token_id, dtype=torch.long, device=hidden.device)
         ids = self.decoder.generate(
             input_ids=start, encoder_hidden_states=hidden, encoder_attention_mask=mask,
@@ -129,7 +180,11 @@ class Seq2SeqHead(nn.Module):
 
 
 def build_head(hidden_size: int, labels: Any, encoder: Any, sharing: Any) -> nn.Module:
-    return Seq2SeqHead(warm_started_decoder(encoder))
+    if getattr(encoder, "mtl_seq2seq", None) is None:
+        return Seq2SeqHead(warm_started_decoder(encoder))
+    taken = getattr(encoder, "mtl_decoders_taken", 0)  # the first task takes the pretrained decoder itself
+    object.__setattr__(encoder, "mtl_decoders_taken", taken + 1)
+    return Seq2SeqHead(pretrained_decoder(encoder, taken > 0))
 
 
 def loss(output: dict, batch: dict) -> torch.Tensor:
