@@ -8,7 +8,9 @@ DIR holds
                        and problem_type, and `mtl_export` (task, type, sharing, marker, checkpoint, step)
     tokenizer.json     the run's tokenizer as the task used it: its [TASK=name] marker right after
     tokenizer_config.json   [CLS] (task_marker: prefix), max_length, truncation side
-    model.safetensors  hf: an AutoModelForTokenClassification, the task's encoder and head
+    model.safetensors  hf: an AutoModelForTokenClassification, the task's encoder and head; seq2seq: an
+                       EncoderDecoderModel (the task's encoder, its decoder)
+    generation_config.json  seq2seq: start [CLS], end [SEP], pad, max_new_tokens and num_beams of the task
     model.onnx         onnx: the whole task path (encoder, sharing scheme, pooling, head) as one graph;
                        inputs input_ids, attention_mask[, token_type_ids] with dynamic batch and length,
                        output `logits` ([batch, num_labels]; token tasks [batch, tokens, num_labels];
@@ -20,6 +22,7 @@ Which formats fit (format=auto writes every one that fits; hf or both where hf d
     task type \\ sharing                     hard, partial, adapters    mmoe
     token_classification                    hf + onnx                  onnx
     classification, multilabel, regression  onnx                       onnx
+    seq2seq                                 hf: EncoderDecoderModel    (trains with hard only)
     mlm                                     refused: an auxiliary task, nothing to deploy
 
 hf needs the task's path to be exactly a transformers class. A per-token linear on the hidden states
@@ -29,17 +32,26 @@ adapters merge that task's LoRA into the base. The sequence types pool the token
 without BERT's tanh pooler) before their head, which no *ForSequenceClassification class does, and
 MMoE adds experts and a gate on top of the encoder: those are ONNX only.
 
+A seq2seq task (BERT2BERT: mtl's encoder reads the source, the head's decoder, a causal LM with
+cross-attention, writes the target) is exactly transformers' EncoderDecoderModel: the task's encoder
+(seq2seq trains only with sharing=hard: the whole shared encoder) and the head's decoder, generating
+from [CLS] to [SEP] as mtl does. No ONNX: generation is a loop over the decoder with its cache,
+not one graph of the task path.
+
 Task markers survive: `prefix` as a post-processor template that puts the marker after [CLS] (the
 tokenizer is saved as a plain PreTrainedTokenizerFast: transformers' BertTokenizer would rebuild its
 post-processor when loaded and lose the marker); `embedding` folded into the word embeddings in hf
 (BERT adds word + position + token type before its LayerNorm, so adding the task vector to every
-word row is adding it to every input embedding), and inside the graph in onnx.
+word row is adding it to every input embedding; seq2seq: the encoder's word embeddings, as mtl adds
+it to the encoder's input only), and inside the graph in onnx.
 
 Nothing is trusted unchecked: the folder is built under a temporary sibling name, then the exported
 tokenizer (reloaded from it) must encode probe texts as mtl does, and the exported model (reloaded
 with transformers / run in onnxruntime, on a probe batch of another size and length than the ONNX
-trace, padded) must give the mtl model's logits (hf within 1e-4, onnx within 1e-3). Only then is the
-folder renamed into place; any failure leaves no folder and the old one (overwrite=true) unchanged.
+trace, padded) must give the mtl model's logits (hf within 1e-4, onnx within 1e-3); a seq2seq export
+must reload with no weight left to initialise, give mtl's teacher-forced logits (within 1e-4) and
+generate (greedily) the same tokens and texts as mtl's head. Only then is the folder renamed into
+place; any failure leaves no folder and the old one (overwrite=true) unchanged.
 """
 
 from __future__ import annotations
@@ -66,6 +78,7 @@ from mtl_cli.writers import write_text, writing
 
 FORMATS = ("auto", "hf", "onnx", "both")
 TOKEN = "token_classification"
+SEQ2SEQ = "seq2seq"
 PROBLEM_TYPES = {
     "classification": "single_label_classification",
     "multilabel": "multi_label_classification",
@@ -77,7 +90,7 @@ HF_TOLERANCE, ONNX_TOLERANCE = 1e-4, 1e-3
 ONNX_OPSET = 17
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")  # in the graph's order
 EXPORT_KEY = "mtl_export"  # config.json key marking a folder as an mtl export (overwrite=true replaces only those)
-OUTPUT_FILES = ("config.json", "model.onnx", "model.safetensors", "README.md")
+OUTPUT_FILES = ("config.json", "generation_config.json", "model.onnx", "model.safetensors", "README.md")
 
 
 @dataclass
@@ -166,6 +179,8 @@ def note(message: str) -> None:
 
 def hf_unfit(task_type: str, sharing: Any) -> str | None:
     """Why no transformers class computes this task's path exactly; None when one does."""
+    if task_type == SEQ2SEQ:
+        return None  # EncoderDecoderModel (seq2seq trains only with sharing=hard)
     if task_type != TOKEN:
         return (
             f"a {task_type} task pools its tokens ({sharing.pooling} pooling, no tanh pooler) before its head, "
@@ -183,11 +198,14 @@ def choose_formats(task: str, task_type: str, cfg: Any, export_format: str) -> l
             f"task '{task}' is a masked-LM task, an auxiliary task of the run with nothing to deploy; "
             f"export one of its other tasks ({', '.join(others) or 'none'})"
         )
-    if task_type == "seq2seq":
-        raise MtlError(
-            f"task '{task}' is a seq2seq task, which mtl export cannot write yet (a transformers "
-            f"EncoderDecoderModel is planned); for its translations use: mtl predict <run> tasks={task} input=FILE"
-        )
+    if task_type == SEQ2SEQ:
+        if export_format in ("onnx", "both"):
+            raise MtlError(
+                f"format={export_format} cannot export task '{task}': a seq2seq task generates in a loop over its "
+                "decoder, not one ONNX graph; use format=hf (or auto): a transformers EncoderDecoderModel in "
+                "model.safetensors"
+            )
+        return ["hf"]
     unfit = hf_unfit(task_type, cfg.sharing)
     if unfit and export_format in ("hf", "both"):
         raise MtlError(
@@ -293,13 +311,16 @@ def build(job: Export, folder: Path) -> None:
     with torch.no_grad(), _no_progress_bars():
         tokenizer = export_tokenizer(job, folder)
         probes = Probes(job, tokenizer)
-        config = export_config(job)
-        if "hf" in job.formats:
-            export_hf(job, config, folder, probes)
+        if job.task_type == SEQ2SEQ:
+            export_seq2seq(job, folder, tokenizer, probes)
         else:
-            config.save_pretrained(folder)
-        if "onnx" in job.formats:
-            export_onnx(job, folder, probes)
+            config = export_config(job)
+            if "hf" in job.formats:
+                export_hf(job, config, folder, probes)
+            else:
+                config.save_pretrained(folder)
+            if "onnx" in job.formats:
+                export_onnx(job, folder, probes)
     from mtl_cli.model_card import model_card
     from mtl_cli.trained import test_results
 
@@ -414,7 +435,8 @@ class Probes:
         examples = [PROBE_WORDS[1], PROBE_WORDS[2], long]
         self.trace = self.encode([PROBE_WORDS[2], PROBE_WORDS[0][:5]])
         self.probe = self.encode(examples)
-        self.reference = logits(job.trained.model, job.task, self.probe)
+        # seq2seq: no logits of a whole task path; check_seq2seq compares decoder logits and generated ids.
+        self.reference = None if job.task_type == SEQ2SEQ else logits(job.trained.model, job.task, self.probe)
         check_tokenizer(job, tokenizer, examples, self.encode_rows(examples))
 
     def encode_rows(self, examples: list[list[str]]) -> list[dict]:
@@ -428,7 +450,12 @@ class Probes:
             batch: dict[str, list] = {"tokens": examples, "tags": [[0] * len(e) for e in examples]}
         else:
             texts = [" ".join(e) for e in examples]
-            batch = {"text": texts, "label": [_dummy_label(job)] * n}
+            batch = {"text": texts}
+            if job.task_type == SEQ2SEQ:
+                # Targets of other lengths than their sources: the teacher-forced decoder batch is padded too.
+                batch["target"] = [" ".join(reversed(e)) for e in examples]
+            else:
+                batch["label"] = [_dummy_label(job)] * n
             if job.task_cfg.text_pair_column:
                 batch["text_pair"] = [" ".join(reversed(e)) for e in examples]
         encoded = task_types.get(job.task_type).encode(
@@ -520,24 +547,25 @@ def export_config(job: Export) -> Any:
     config.problem_type = PROBLEM_TYPES[job.task_type]
     config.classifier_dropout = job.sharing.head_dropout
     config.architectures = None  # set by save_pretrained for hf; an ONNX graph is no transformers class
-    cfg = job.trained.cfg
-    setattr(
-        config,
-        EXPORT_KEY,
-        {
-            "task": job.task,
-            "task_type": job.task_type,
-            "formats": job.formats,
-            "sharing": cfg.sharing.name,
-            "pooling": cfg.sharing.pooling if job.task_type != TOKEN else None,
-            "task_marker": job.task_cfg.task_marker,
-            "max_length": job.task_cfg.max_length,
-            "truncation": job.task_cfg.truncation,
-            "checkpoint": job.trained.name,
-            "step": job.trained.state.get("step"),
-        },
-    )
+    setattr(config, EXPORT_KEY, export_record(job))
     return config
+
+
+def export_record(job: Export) -> dict:
+    """config.json's `mtl_export`: where the model comes from, and what marks the folder as an export."""
+    cfg = job.trained.cfg
+    return {
+        "task": job.task,
+        "task_type": job.task_type,
+        "formats": job.formats,
+        "sharing": cfg.sharing.name,
+        "pooling": cfg.sharing.pooling if job.task_type not in (TOKEN, SEQ2SEQ) else None,
+        "task_marker": job.task_cfg.task_marker,
+        "max_length": job.task_cfg.max_length,
+        "truncation": job.task_cfg.truncation,
+        "checkpoint": job.trained.name,
+        "step": job.trained.state.get("step"),
+    }
 
 
 # --- hf: a transformers token-classification folder --------------------------------------------
@@ -602,6 +630,159 @@ def task_vector(job: Export) -> Any:
     if job.task not in model.task_index:
         return None
     return model.task_embeddings.weight[model.task_index[job.task]].detach().clone()
+
+
+# --- seq2seq: a transformers EncoderDecoderModel ----------------------------------------------
+
+
+def export_seq2seq(job: Export, folder: Path, tokenizer: Any, probes: Probes) -> None:
+    """EncoderDecoderModel of the task's encoder and decoder (BERT2BERT); saved, reloaded, checked."""
+    from transformers import EncoderDecoderModel, GenerationConfig
+
+    head = job.trained.model.heads[job.task]
+    if getattr(head, "pretrained", False):
+        export_pretrained_seq2seq(job, folder, tokenizer, probes)
+        return
+    # Copies: EncoderDecoderModel takes its parts' configs over, and the mtl model is the reference of the checks.
+    model = EncoderDecoderModel(encoder=seq2seq_encoder(job), decoder=copy.deepcopy(head.decoder))
+    ids = generation_ids(job.trained.tokenizer)
+    for key, value in ids.items():
+        setattr(model.config, key, value)
+    # A generation config of its own: one derived from the model config would drop max_new_tokens and num_beams.
+    model.generation_config = GenerationConfig(**ids, max_new_tokens=head.max_new_tokens, num_beams=head.num_beams)
+    setattr(model.config, EXPORT_KEY, export_record(job))
+    # The decoder's output layer is tied to its word embeddings: saved once, tied again on loading.
+    model.save_pretrained(folder)
+    check_seq2seq(job, folder, tokenizer, probes)
+
+
+def export_pretrained_seq2seq(job: Export, folder: Path, tokenizer: Any, probes: Probes) -> None:
+    """A pretrained encoder-decoder's task (T5, BART, Marian: encoder=hf): the head's model with the
+    trunk's encoder put back where it was cut out, saved as that model's own class."""
+    from mtl_cli.task_types.seq2seq import TrunkRunsIt
+
+    head = job.trained.model.heads[job.task]
+    if task_vector(job) is not None:
+        raise MtlError(
+            f"task '{job.task}' has task_marker: embedding, which export cannot fold into {type(head.decoder).__name__}: "
+            "its encoder and decoder share one embedding matrix; train it with task_marker: prefix or none"
+        )
+    # Copied together, so the tensors the encoder shares with the decoder (T5's embeddings) stay one.
+    model, encoder = copy.deepcopy((head.decoder, job.trained.model.encoder))
+    for attr in ("mtl_seq2seq", "mtl_decoders_taken"):  # mtl's bookkeeping, not part of the model
+        encoder.__dict__.pop(attr, None)
+    name = next(n for n, m in model.named_modules() if isinstance(m, TrunkRunsIt))
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, encoder)
+    model.generation_config.max_new_tokens, model.generation_config.num_beams = head.max_new_tokens, head.num_beams
+    setattr(model.config, EXPORT_KEY, export_record(job))
+    model.save_pretrained(folder)
+    if "token_type_ids" in tokenizer.model_input_names and not job.trained.model.takes_token_types:
+        # A BERT-style tokenizer beside a T5: generate(**tokenizer(...)) would pass ids the model does not take.
+        names = [n for n in tokenizer.model_input_names if n != "token_type_ids"]
+        tokenizer.model_input_names = tokenizer.init_kwargs["model_input_names"] = names
+        tokenizer.save_pretrained(folder)
+    check_seq2seq(job, folder, tokenizer, probes, pretrained=True)
+
+
+def generation_ids(tokenizer: Any) -> dict[str, int]:
+    """Where mtl's generation starts, ends and pads (Seq2SeqHead.generate), under transformers' names."""
+    return {
+        "decoder_start_token_id": tokenizer.cls_token_id,
+        "eos_token_id": tokenizer.sep_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+
+
+def seq2seq_encoder(job: Export) -> Any:
+    """The task's encoder as the plain model transformers rebuilds it from its config, pooler included.
+
+    mtl drops BERT's pooler; EncoderDecoderModel never reads it, but its reload builds one and would
+    initialise it at random, unsaved: so it is saved, zeroed (deterministic, and plainly unused).
+    """
+    from transformers import AutoModel
+
+    trained = job.trained.model.encoder
+    encoder = AutoModel.from_config(copy.deepcopy(trained.config))
+    missing, unexpected = encoder.load_state_dict(trained.state_dict(), strict=False)
+    pooler = getattr(encoder, "pooler", None)
+    pooled = {f"pooler.{name}" for name, _ in pooler.named_parameters()} if pooler is not None else set()
+    unfit = sorted({*unexpected, *(set(missing) - pooled)})
+    if unfit:
+        raise MtlError(f"the task's encoder does not fit {type(encoder).__name__} ({unfit[:4]}); please report it")
+    if pooler is not None:
+        for param in pooler.parameters():
+            param.zero_()
+    vector = task_vector(job)
+    if vector is not None:
+        # mtl adds the task vector to the encoder's input embeddings only: see the module docstring.
+        encoder.get_input_embeddings().weight += vector
+    return encoder
+
+
+def mtl_seq2seq(job: Export, batch: dict) -> tuple[Any, Any]:
+    """mtl's teacher-forced logits (numpy) and greedy generation (ids after the start) on `batch`.
+
+    The head's generate runs on the hidden states the mtl model hands the head, caught on their way
+    in: the task marker and sharing scheme are applied by mtl itself, not rebuilt here.
+    """
+    import torch
+
+    model = job.trained.model
+    head = model.heads[job.task]
+    seen: list = []
+    hook = head.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    # Greedy on both sides: what is checked is the model; the task's num_beams is only a saved default.
+    beams, head.num_beams = head.num_beams, 1
+    try:
+        with torch.inference_mode():
+            logits = model(job.task, batch)["logits"].float().numpy()
+            generated = head.generate(seen[0], batch["attention_mask"])
+    finally:
+        hook.remove()
+        head.num_beams = beams
+    return logits, generated
+
+
+def check_seq2seq(job: Export, folder: Path, tokenizer: Any, probes: Probes, pretrained: bool = False) -> None:
+    """The saved folder, reloaded as a user loads it, must hold every weight and compute as mtl does."""
+    import torch
+    from transformers import AutoModelForSeq2SeqLM, EncoderDecoderModel
+
+    loader = AutoModelForSeq2SeqLM if pretrained else EncoderDecoderModel
+    reloaded, info = loader.from_pretrained(folder, output_loading_info=True)
+    kind = type(reloaded).__name__
+    fresh = sorted({*info["missing_keys"], *info["unexpected_keys"], *map(str, info["mismatched_keys"])})
+    if fresh:
+        raise MtlError(
+            f"the exported {kind} reloads with weights that were not saved or not used "
+            f"({', '.join(fresh[:4])}); nothing was written, please report it"
+        )
+    reloaded.eval()
+    batch = probes.probe  # padded, one source over max_length (truncated)
+    source = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    want, want_ids = mtl_seq2seq(job, batch)
+    got = reloaded(
+        **source, decoder_input_ids=batch["decoder_input_ids"], decoder_attention_mask=batch["decoder_attention_mask"]
+    ).logits.float()
+    mask = batch["decoder_attention_mask"].numpy()
+    check_close(got.numpy(), want, mask, HF_TOLERANCE, f"the exported {kind}", job, "hf")
+    # Greedy, the rest (start, end, pad, max_new_tokens) from the saved generation config.
+    generated = reloaded.generate(**source, num_beams=1, do_sample=False)
+    texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
+    want_texts = job.trained.tokenizer.batch_decode(want_ids, skip_special_tokens=True)  # as the head decodes
+    first = reloaded.generation_config.decoder_start_token_id if pretrained else job.trained.tokenizer.cls_token_id
+    start = generated[:, :1] == first
+    if not (start.all() and generated[:, 1:].shape == want_ids.shape and torch.equal(generated[:, 1:], want_ids)):
+        raise MtlError(
+            f"the exported {kind} generates other tokens than the mtl model on a probe batch "
+            f"({generated[0, 1:9].tolist()}... vs {want_ids[0, :8].tolist()}...); nothing was written, please report it"
+        )
+    if texts != want_texts:
+        raise MtlError(
+            f"the exported tokenizer decodes the generated tokens otherwise than mtl ({texts[0]!r} vs "
+            f"{want_texts[0]!r}); nothing was written, please report it"
+        )
 
 
 # --- onnx: the whole task path as one graph ----------------------------------------------------

@@ -24,9 +24,10 @@ class MultiTaskModel(nn.Module):
         super().__init__()
         self.trunk: Any = trunk  # a sharing scheme's Trunk (mtl_cli/sharing)
         self.heads: Any = nn.ModuleDict(heads)
-        # T5's and BART's encoders have no segment embeddings: text pairs reach them as one sequence.
+        # T5's and BART's encoders have no segment embeddings (their forward takes **kwargs and would
+        # pass the ids on unread): text pairs reach them as one sequence.
         params = inspect.signature(trunk.encoder.forward).parameters
-        self.takes_token_types = "token_type_ids" in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+        self.takes_token_types = "token_type_ids" in params or hasattr(trunk.encoder.config, "type_vocab_size")
         # Tasks with `task_marker: embedding` add a learned vector to every input embedding.
         self.task_index = {task: i for i, task in enumerate(embedding_tasks)}
         if embedding_tasks:

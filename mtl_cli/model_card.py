@@ -33,6 +33,9 @@ READ_LOGITS = {
 }
 
 ORT_CLASSES = {"token_classification": "ORTModelForTokenClassification"}
+SEQ2SEQ = "seq2seq"
+# A source text (a sentence, a few words): what a seq2seq card's snippet generates from.
+SNIPPET_SOURCES = '["a first source sentence", "another one"]'
 
 
 def model_card(job: Export, results: dict | None) -> str:
@@ -43,8 +46,28 @@ def model_card(job: Export, results: dict | None) -> str:
 def _header(job: Export) -> str:
     cfg = job.task_cfg
     labels = ", ".join(f"`{label}`" for label in job.labels) if job.labels else "none (one real-valued output)"
+    outputs = f"- labels ({len(job.labels or [])}): {labels}"
     files = ["`config.json` (transformers config: labels, problem type)", "`tokenizer.json`, `tokenizer_config.json`"]
-    if "hf" in job.formats:
+    if job.task_type == SEQ2SEQ and _pretrained(job):
+        search = "greedy" if cfg.num_beams == 1 else f"beam search, {cfg.num_beams} beams"
+        outputs = f"- output: a generated text, at most {cfg.max_new_tokens} tokens ({search})"
+        kind = type(job.trained.model.heads[job.task].decoder).__name__
+        files = [
+            f"`config.json` (the pretrained encoder-decoder's config, {kind})",
+            "`generation_config.json` (the model's start, end and pad ids; max_new_tokens, num_beams as mtl generates)",
+            "`tokenizer.json`, `tokenizer_config.json`",
+            f"`model.safetensors` (transformers {kind}: the shared encoder mtl trained and the task's decoder)",
+        ]
+    elif job.task_type == SEQ2SEQ:
+        search = "greedy" if cfg.num_beams == 1 else f"beam search, {cfg.num_beams} beams"
+        outputs = f"- output: a generated text, at most {cfg.max_new_tokens} tokens ({search})"
+        files = [
+            "`config.json` (transformers EncoderDecoderConfig: the encoder's and the decoder's configs)",
+            "`generation_config.json` (start [CLS], end [SEP], pad; max_new_tokens, num_beams as mtl generates)",
+            "`tokenizer.json`, `tokenizer_config.json`",
+            "`model.safetensors` (transformers EncoderDecoderModel: the task's encoder and its decoder)",
+        ]
+    elif "hf" in job.formats:
         files.append("`model.safetensors` (transformers AutoModelForTokenClassification)")
     if "onnx" in job.formats:
         files.append(f"`model.onnx` (the whole task path; inputs {', '.join(job.onnx_inputs)}; output `logits`)")
@@ -55,7 +78,7 @@ def _header(job: Export) -> str:
         "without mtl (no `trust_remote_code`).",
         "",
         f"- type: {job.task_type}",
-        f"- labels ({len(job.labels or [])}): {labels}",
+        outputs,
         f"- input: {_input_kind(job)}, at most {cfg.max_length} tokens",
         f"- formats: {' + '.join(job.formats)}",
         "- files: " + "; ".join(files),
@@ -66,6 +89,8 @@ def _header(job: Export) -> str:
 def _input_kind(job: Export) -> str:
     if job.task_type == "token_classification":
         return "a sentence (one tag per word)"
+    if job.task_type == SEQ2SEQ:
+        return "a source text"
     return "a pair of texts" if job.task_cfg.text_pair_column else "a text"
 
 
@@ -79,8 +104,8 @@ def _training(job: Export) -> str:
         f"{'trained' if s.train_encoder else 'frozen'} base), {s.pooling} pooling",
         "mmoe": f"mmoe ({s.num_experts} experts of {s.expert_hidden} units, a gate per task), {s.pooling} pooling",
     }[s.name]
-    if job.task_type == "token_classification":
-        sharing = sharing.rsplit(",", 1)[0]  # no pooling in a token task
+    if job.task_type in ("token_classification", SEQ2SEQ):
+        sharing = sharing.rsplit(",", 1)[0]  # no pooling in a token task; the decoder reads every token
     length = f"{t.max_steps} steps" if t.max_steps else f"{t.epochs:g} epochs"
     marker = job.task_cfg.task_marker or "none"
     tasks = ", ".join(f"`{name}` ({c.type})" for name, c in run.task.items())
@@ -108,13 +133,21 @@ def _metrics(job: Export, results: dict | None) -> str:
     whose = "checkpoints/best"
     if job.trained.name != "best":
         whose += f" (this export is of `{job.trained.name}`: its own scores may differ)"
-    return f"## Test metrics\n\nOn the task's test split, of {whose} (the run's results.json):\n\n| metric | value |\n|---|---|\n{rows}"
+    table = f"## Test metrics\n\nOn the task's test split, of {whose} (the run's results.json):\n\n| metric | value |\n|---|---|\n{rows}"
+    if job.task_type == SEQ2SEQ:
+        table += (
+            "\n\nchrf and bleu: sacrebleu's corpus chrF and BLEU on a 0-1 scale; copy_chrf: the chrF of the "
+            "source copied as it is, the baseline of a model that learned nothing."
+        )
+    return table
 
 
 def _usage(job: Export) -> str:
     path = str(job.out)
     parts = ["## Use"]
-    if "hf" in job.formats:
+    if job.task_type == SEQ2SEQ:
+        parts.append("With transformers:\n\n```python\n" + _seq2seq_snippet(job, path) + "\n```")
+    elif "hf" in job.formats:
         parts.append(
             "With transformers:\n\n```python\n"
             "from transformers import AutoModelForTokenClassification, AutoTokenizer, pipeline\n\n"
@@ -131,6 +164,26 @@ def _usage(job: Export) -> str:
         ort_class = ORT_CLASSES.get(job.task_type, "ORTModelForSequenceClassification")
         parts.append(f"The folder also fits optimum's `{ort_class}` (model.onnx and config.json side by side).")
     return "\n\n".join(parts)
+
+
+def _pretrained(job: Export) -> bool:
+    """A pretrained encoder-decoder's own decoder (T5, BART: saved as its class), not BERT2BERT."""
+    return bool(getattr(job.trained.model.heads[job.task], "pretrained", False))
+
+
+def _seq2seq_snippet(job: Export, path: str) -> str:
+    loader = "AutoModelForSeq2SeqLM" if _pretrained(job) else "EncoderDecoderModel"
+    return "\n".join(
+        [
+            f"from transformers import AutoTokenizer, {loader}",
+            "",
+            f'tok = AutoTokenizer.from_pretrained("{path}")',
+            f'model = {loader}.from_pretrained("{path}")',
+            f'enc = tok({SNIPPET_SOURCES}, padding=True, truncation=True, return_tensors="pt")',
+            f"ids = model.generate(**enc, max_new_tokens={job.task_cfg.max_new_tokens})  # num_beams: generation_config.json",
+            "print(tok.batch_decode(ids, skip_special_tokens=True))",
+        ]
+    )
 
 
 def _onnx_snippet(job: Export, path: str) -> str:
@@ -168,4 +221,26 @@ def _caveats(job: Export) -> str:
             f"the tokenizer puts the task marker `[TASK={job.task}]` after the first special token; "
             "encode texts with this tokenizer, not the base encoder's"
         )
+    if job.task_type == SEQ2SEQ:
+        notes += _seq2seq_caveats(job)
     return "## Caveats\n\n" + "\n".join(f"- {n}" for n in notes)
+
+
+def _seq2seq_caveats(job: Export) -> list[str]:
+    """What the encoder's vocabulary does to a source and a generated text (the tokenizer is asked, not assumed)."""
+    tokenizer = job.trained.tokenizer
+    name = job.trained.cfg.encoder.name_or_path
+    notes = [
+        f"source and target share the vocabulary of `{name}` (MiniLM's is English word pieces): a source "
+        "in another language is read through those pieces, split into many short ones, and characters "
+        "outside the vocabulary become [UNK]"
+    ]
+    plain = lambda text: tokenizer.decode(tokenizer(text)["input_ids"], skip_special_tokens=True)  # noqa: E731
+    if plain("Word") == "word":
+        stripped = plain("é") == "e"
+        notes.append(
+            "the tokenizer is uncased: the source is lower-cased"
+            + (" and its accents stripped (é -> e, ä -> a)" if stripped else "")
+            + " before the model reads it, and the output is lower-cased"
+        )
+    return notes

@@ -24,7 +24,9 @@ def add_task_markers(tokenizer: Any, encoder: Any, tasks: list[str]) -> None:
     new = [marker_token(t) for t in tasks if marker_token(t) not in tokenizer.get_vocab()]
     if new:
         tokenizer.add_tokens(new, special_tokens=True)
-        encoder.resize_token_embeddings(len(tokenizer))
+        # An encoder-decoder's whole model: its embeddings are the decoder's too (T5, BART), and its
+        # config, which checkpoints keep, learns the new vocabulary size.
+        getattr(encoder, "mtl_seq2seq", encoder).resize_token_embeddings(len(tokenizer))
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:

@@ -281,6 +281,7 @@ def test_a_pretrained_encoder_decoder_shares_its_encoder_and_translates_with_its
     trained = load_trained(str(out))
     head, encoder = trained.model.heads["numbers"], trained.model.trunk.encoder
     assert head.pretrained and type(encoder).__name__ in ("T5Stack", "BartEncoder")
+    assert not trained.model.takes_token_types  # no segment embeddings: MiniLM's tokenizer's ids are not passed
     # The encoder is the trunk's only: cut out of the head's model (T5: decoder.encoder, BART: decoder.model.encoder)
     assert not any(n.startswith(("decoder.encoder.", "decoder.model.encoder.")) for n, _ in head.named_parameters())
     with pytest.raises(RuntimeError, match="mtl's trunk"):
