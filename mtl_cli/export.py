@@ -669,8 +669,7 @@ def export_pretrained_seq2seq(job: Export, folder: Path, tokenizer: Any, probes:
         )
     # Copied together, so the tensors the encoder shares with the decoder (T5's embeddings) stay one.
     model, encoder = copy.deepcopy((head.decoder, job.trained.model.encoder))
-    for attr in ("mtl_seq2seq", "mtl_decoders_taken"):  # mtl's bookkeeping, not part of the model
-        encoder.__dict__.pop(attr, None)
+    encoder.__dict__.pop("mtl_seq2seq", None)  # mtl's link to the model it came from, not part of it
     name = next(n for n, m in model.named_modules() if isinstance(m, TrunkRunsIt))
     parent, _, attr = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, attr, encoder)

@@ -74,20 +74,19 @@ def warm_started_decoder(encoder: Any) -> nn.Module:
     return decoder
 
 
-def pretrained_decoder(encoder: Any, taken: bool) -> nn.Module:
+def pretrained_decoder(encoder: Any) -> nn.Module:
     """The decoder side of the pretrained encoder-decoder whose encoder is the trunk: the whole
     seq2seq LM (decoder, LM head, generation) with its encoder cut out, since the trunk runs it.
-    A second task with its own decoder gets a copy that still shares the trunk's tensors (T5's
-    embeddings are the encoder's)."""
+    The first seq2seq task takes the model itself; another with its own decoder gets a copy that
+    still shares the trunk's tensors (T5's embeddings are the encoder's)."""
     model = encoder.mtl_seq2seq
-    if taken:
+    inner = model.get_encoder()
+    if inner is not encoder:  # cut out for an earlier task already
         shared = {id(t): t for t in [*encoder.parameters(), *encoder.buffers()]}
-        model = copy.deepcopy(model, memo={**shared, id(encoder): encoder})
-    for name, module in list(model.named_modules()):
-        if module is encoder or module is model.get_encoder():
-            parent, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, attr, TrunkRunsIt(module.main_input_name))
-            break
+        return copy.deepcopy(model, memo={**shared, id(encoder): encoder})
+    name = next(n for n, m in model.named_modules() if m is inner)
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, TrunkRunsIt(inner.main_input_name))
     return model
 
 
@@ -182,9 +181,7 @@ class Seq2SeqHead(nn.Module):
 def build_head(hidden_size: int, labels: Any, encoder: Any, sharing: Any) -> nn.Module:
     if getattr(encoder, "mtl_seq2seq", None) is None:
         return Seq2SeqHead(warm_started_decoder(encoder))
-    taken = getattr(encoder, "mtl_decoders_taken", 0)  # the first task takes the pretrained decoder itself
-    object.__setattr__(encoder, "mtl_decoders_taken", taken + 1)
-    return Seq2SeqHead(pretrained_decoder(encoder, taken > 0))
+    return Seq2SeqHead(pretrained_decoder(encoder))
 
 
 def loss(output: dict, batch: dict) -> torch.Tensor:
