@@ -324,3 +324,34 @@ def test_an_encoder_decoder_from_the_unreachable_hub_is_one_line(tmp_path: Path)
                    env={"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"})  # fmt: skip
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "'t5-small' must come from the Hugging Face Hub, which is unreachable" in proc.stderr
+
+
+def test_a_translation_run_stopped_and_resumed_ends_as_an_uninterrupted_one(tmp_path: Path, mtl, monkeypatch) -> None:
+    """SIGINT between two evaluations of a translation + classification run (temperature mixing,
+    uncertainty weighting, early stopping, the affinity probe), then resume: results, metrics.jsonl
+    (the generated examples too), affinity.jsonl and both checkpoints are bit for bit those of the run left alone."""
+    import signal
+
+    from mtl_cli import train as train_module
+    from tests.conftest import TINY_RUN, run_dirs
+    from tests.test_resume import assert_same_run, signal_at
+
+    conf = numbers_task(tmp_path / "conf", tmp_path / "data")
+    args = [
+        "--config-dir", str(conf), *TINY_RUN, "task=[demo/restaurants,numbers]", "trainer.max_steps=12",
+        "trainer.eval_every=4", "mixing=temperature", "loss_weighting=uncertainty",
+        "trainer.early_stopping_patience=2", "trainer.affinity_every=4",
+    ]  # fmt: skip
+    (tmp_path / "alone").mkdir()
+    (tmp_path / "stopped").mkdir()
+    assert mtl("train", *args, cwd=tmp_path / "alone").returncode == 0
+    (reference,) = run_dirs(tmp_path / "alone" / "runs")
+    with monkeypatch.context() as patched:
+        patched.setattr(train_module, "build_callbacks", signal_at(6, signal.SIGINT))
+        assert mtl("train", *args, cwd=tmp_path / "stopped").returncode == 130
+    (run,) = run_dirs(tmp_path / "stopped" / "runs")
+    assert not (run / "results.json").exists()
+    proc = mtl("train", f"resume={run}", cwd=tmp_path / "stopped")
+    assert proc.returncode == 0, proc.stderr
+    assert any("examples" in json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines())
+    assert_same_run(reference, run)
