@@ -34,11 +34,13 @@ def table_rows(results: dict[str, dict[str, dict[str, float]]], extra: dict[str,
     tasks = [t for t in first if t != "average"] + ["average"]
     rows: list[dict[str, Any]] = [{"task": task, **extra.get(task, {})} for task in tasks]
     for split, per_task in results.items():
+        # An extra test split (test_<name>) holds some tasks only: its average would not be comparable.
+        extra_split = is_extra_test(split)
+        shown = {t: r for t, r in per_task.items() if not (extra_split and t == "average")}
         # `main` (the average of each task's main metric, what picks checkpoints/best) exists on the average row only.
-        metrics = list(dict.fromkeys(m for r in per_task.values() for m in r if m != "loss"))
+        metrics = list(dict.fromkeys(m for r in shown.values() for m in r if m != "loss"))
         for row in rows:
-            # An extra test split (test_<name>) holds some tasks only: its average would not be comparable.
-            scored = per_task.get(row["task"], {}) if not (is_extra_test(split) and row["task"] == "average") else {}
+            scored = shown.get(row["task"], {})
             for metric in metrics:
                 row[f"{split}_{metric}"] = scored.get(metric)
     return rows

@@ -180,6 +180,7 @@ def test_an_extra_test_split_is_scored_beside_test_and_eval_reproduces_it(tmp_pa
     assert 0 <= float(rows["numbers"]["test_ood_chrf"]) <= 1 and rows["numbers"]["test_ood_copy_chrf"]
     assert rows["restaurants"]["test_ood_chrf"] == "" and rows["average"]["test_ood_chrf"] == ""
     assert "test_ood_accuracy" not in rows["numbers"]  # restaurants has no test_ood: no columns of its metrics
+    assert "test_ood_main" not in rows["numbers"]  # nor of the average over tasks
     assert set(json.loads((out / "results.json").read_text())) == {"restaurants", "numbers", "average"}
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     numbers = [r for r in records if r["task"] == "numbers"]
