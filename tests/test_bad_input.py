@@ -243,7 +243,7 @@ RUN_CASES = {
     "checkpoint from another run with the same setup": (["eval"], "written under a different config.yaml"),
     "asks to instantiate a callable": (["eval"], "asks to instantiate `_target_: os.system`"),
     "asks for remote code": (["eval"], "pass trust_remote_code=true on this command line"),
-    "bad split": (["eval", "split=train"], "split must be test or validation"),
+    "bad split": (["eval", "split=train"], "split must be test, validation or an extra test split test_<name>"),
     "bad checkpoint name": (["eval", "checkpoint=final"], "checkpoint must be best, last, best-<task> or step-<n>"),
     "unknown eval argument": (["eval", "foo=1"], "unknown argument 'foo=1'"),
     "task the run never trained": (["eval", "tasks=yelp"], "never trained task(s) ['yelp']"),

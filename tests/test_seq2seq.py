@@ -136,7 +136,8 @@ def test_cached_greedy_and_beam_generation() -> None:
 @needs_shared_data
 def test_minilm_learns_german_to_english(tmp_path: Path) -> None:
     """A short MiniLM run on Tatoeba de->en: the validation loss falls between two evaluations, and the
-    generated text is scored (the README's longer run measures how far it gets)."""
+    generated text is scored, on Tatoeba's test and on FLORES-200 devtest (the README's longer run
+    measures how far it gets)."""
     run = tiny_run(
         tmp_path, "encoder=minilm", "task=[translation/de_en]", f"data_root={SHARED_DATA}", "trainer.max_steps=60",
         "trainer.eval_every=30", "trainer.batch_size=16", "trainer.threads=null", "task.de_en.max_eval_examples=64",
@@ -146,6 +147,10 @@ def test_minilm_learns_german_to_english(tmp_path: Path) -> None:
     losses = [r["loss"] for r in records if r["task"] == "de_en"]
     assert len(losses) == 2 and losses[1] < losses[0], losses
     assert 0 < run["results"]["de_en"]["chrf"] <= 1
+    import csv
+
+    (row,) = [r for r in csv.DictReader((Path(run["run_dir"]) / "metrics.csv").open()) if r["task"] == "de_en"]
+    assert 0 < float(row["test_flores_chrf"]) <= 1 and float(row["test_flores_copy_chrf"]) > 0  # FLORES-200 beside
 
 
 def test_predict_writes_the_generated_text_and_scores_a_labelled_input(tmp_path: Path, capsys) -> None:
