@@ -749,7 +749,8 @@ def check_seq2seq(job: Export, folder: Path, tokenizer: Any, probes: Probes, pre
     from transformers import AutoModelForSeq2SeqLM, EncoderDecoderModel
 
     loader = AutoModelForSeq2SeqLM if pretrained else EncoderDecoderModel
-    reloaded, info = loader.from_pretrained(folder, output_loading_info=True)
+    loaded: Any = loader.from_pretrained(folder, output_loading_info=True)  # (model, loading info)
+    reloaded, info = loaded
     kind = type(reloaded).__name__
     fresh = sorted({*info["missing_keys"], *info["unexpected_keys"], *map(str, info["mismatched_keys"])})
     if fresh:

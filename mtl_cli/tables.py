@@ -96,9 +96,10 @@ def print_table(rows: list[dict], title: str, splits: list[str] | None = None) -
     cols = list(rows[0])
     # Longest first: test_flores_chrf is split test_flores, not test with a metric flores_chrf.
     prefixes = sorted(splits or SPLIT_NAMES, key=len, reverse=True)
-    split_of = {c: next((p for p in prefixes if c.startswith(p + "_")), None) for c in cols}
+    found = {c: next((p for p in prefixes if c.startswith(p + "_")), None) for c in cols}
+    split_of = {c: p for c, p in found.items() if p is not None}  # metric column -> its split
     splits = [p for p in (splits or SPLIT_NAMES) if p in split_of.values()]
-    metric_cols = [c for c in cols if split_of[c]]
+    metric_cols = [c for c in cols if c in split_of]
     if len([c for c in metric_cols if not c.endswith("_main")]) <= 6:
         cols = [c for c in cols if not c.endswith("_main")]  # equals accuracy when all tasks classify
         for col in cols:

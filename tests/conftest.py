@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 import os
 import subprocess
 import sys
@@ -124,6 +125,20 @@ def mtl(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
 def run_dirs(root: Path) -> list[Path]:
     # Each checkpoint holds a copy of its run's config.yaml: those are not runs.
     return sorted(p.parent for p in root.glob("**/config.yaml") if p.parent.parent.name != "checkpoints")
+
+
+def run_without_mtl(script: str, request: Any, folder: Path) -> Any:
+    """`script` in a fresh interpreter started in `folder`, without PYTHONPATH, so that `import mtl_cli`
+    is not even possible by accident (an export must load as a user loads it); the script reads the
+    JSON `request` from the file sys.argv[1]. Returns the JSON of its last line of output."""
+    request_file = write(folder / "request.json", json.dumps(request))
+    script_file = write(folder / "load_exports.py", script)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run(
+        [sys.executable, str(script_file), str(request_file)], cwd=folder, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def write(path: Path, text: str | bytes) -> Path:

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.conftest import tiny_run, write
+from tests.conftest import run_without_mtl, tiny_run, write
 from tests.test_bad_input import assert_one_line_error, tree_digest
 
 HF_TOLERANCE, ONNX_TOLERANCE = 1e-4, 1e-3
@@ -209,15 +209,7 @@ print(json.dumps(results))
 
 
 def load_without_mtl(jobs: list[dict], folder: Path) -> dict:
-    request = write(folder / "request.json", json.dumps(jobs))
-    script = write(folder / "load_exports.py", LOADER)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    # Run from the folder, not the repository: `import mtl_cli` must not even be possible by accident.
-    proc = subprocess.run(
-        [sys.executable, str(script), str(request)], cwd=folder, env=env, capture_output=True, text=True
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_without_mtl(LOADER, jobs, folder)
 
 
 @pytest.fixture(scope="module")

@@ -17,15 +17,12 @@ import ast
 import contextlib
 import io
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import tiny_run, write
+from tests.conftest import run_without_mtl, tiny_run, write
 from tests.test_bad_input import assert_one_line_error, tree_digest
 from tests.test_seq2seq import numbers_task
 
@@ -91,15 +88,7 @@ print(json.dumps(results))
 
 
 def load_without_mtl(exports: dict[str, str], decoder: dict, folder: Path) -> dict:
-    request = write(folder / "request.json", json.dumps({"exports": exports, "texts": TEXTS, "decoder": decoder}))
-    script = write(folder / "load_exports.py", LOADER)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    # Run from the folder, not the repository: `import mtl_cli` must not even be possible by accident.
-    proc = subprocess.run(
-        [sys.executable, str(script), str(request)], cwd=folder, env=env, capture_output=True, text=True
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_without_mtl(LOADER, {"exports": exports, "texts": TEXTS, "decoder": decoder}, folder)
 
 
 def predicted(run: Path, folder: Path) -> list[dict]:
@@ -299,7 +288,7 @@ def test_other_generated_tokens_are_an_error_not_an_export(
 PRETRAINED_LOADER = r"""
 import json, sys
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
-folder, texts = sys.argv[1], json.loads(sys.argv[2])
+folder, texts = json.load(open(sys.argv[1]))
 tok = AutoTokenizer.from_pretrained(folder)
 model, info = AutoModelForSeq2SeqLM.from_pretrained(folder, output_loading_info=True)
 ids = model.eval().generate(**tok(texts, padding=True, truncation=True, return_tensors="pt"))
@@ -326,12 +315,7 @@ def test_a_pretrained_encoder_decoder_task_exports_as_its_own_class(mtl, tmp_pat
     assert proc.returncode == 0, proc.stderr
     card = (tmp_path / "exp" / "README.md").read_text()
     assert "AutoModelForSeq2SeqLM.from_pretrained(" in card and "EncoderDecoderModel" not in card
-    script = write(tmp_path / "load.py", PRETRAINED_LOADER)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    loaded = subprocess.run([sys.executable, str(script), str(tmp_path / "exp"), json.dumps(TEXTS)], cwd=tmp_path,
-                            env=env, capture_output=True, text=True)  # fmt: skip
-    assert loaded.returncode == 0, loaded.stderr[-3000:]
-    got = json.loads(loaded.stdout.strip().splitlines()[-1])
+    got = run_without_mtl(PRETRAINED_LOADER, [str(tmp_path / "exp"), TEXTS], tmp_path)
     assert got["class"] == {"t5": "T5ForConditionalGeneration", "bart": "BartForConditionalGeneration"}[kind]
     assert got["fresh"] == []
     source = write(tmp_path / "input.jsonl", "".join(json.dumps({"text": t}) + "\n" for t in TEXTS))

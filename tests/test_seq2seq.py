@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -253,9 +254,10 @@ def tiny_encoder_decoder(folder: Path, kind: str) -> Path:
 
     _, tokenizer = tiny_encoder()
     ids = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.sep_token_id}
+    config: Any  # the start id reaches both configs through PretrainedConfig's **kwargs
     if kind == "t5":
         config = T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=16, d_ff=64, num_layers=2, num_heads=2,
-                          decoder_start_token_id=tokenizer.pad_token_id, **ids)  # fmt: skip
+                          **{"decoder_start_token_id": tokenizer.pad_token_id, **ids})  # fmt: skip
     else:
         config = BartConfig(vocab_size=len(tokenizer), d_model=32, encoder_layers=1, decoder_layers=1,
                             encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
