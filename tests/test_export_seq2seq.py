@@ -298,19 +298,25 @@ print(json.dumps({"class": type(model).__name__, "fresh": fresh, "outputs": tok.
 """
 
 
+def pretrained_run(tmp_path: Path, kind: str, marker: str) -> str:
+    """A 4-step numbers run on a tiny random T5 or BART (encoder=hf), the task with `marker`."""
+    from tests.test_seq2seq import tiny_encoder_decoder
+
+    model_dir = tiny_encoder_decoder(tmp_path / kind, kind)
+    conf = numbers_task(tmp_path / "conf", tmp_path / "data", task_marker=marker)
+    return tiny_run(
+        tmp_path / "runs", "task=[numbers]", "encoder=hf", f"encoder.name_or_path={model_dir}",
+        "encoder.random_init=true", "trainer.max_steps=4", "trainer.eval_every=4", config_dir=conf,
+    )["run_dir"]  # fmt: skip
+
+
 @pytest.mark.parametrize("kind", ["t5", "bart"])
 def test_a_pretrained_encoder_decoder_task_exports_as_its_own_class(mtl, tmp_path: Path, kind: str) -> None:
     """encoder=hf on T5 / BART: the export is that model (the trained shared encoder put back into it),
     which AutoModelForSeq2SeqLM loads without mtl and whose generate writes what mtl predict writes."""
     from mtl_cli.predict import predict_run
-    from tests.test_seq2seq import tiny_encoder_decoder
 
-    model_dir = tiny_encoder_decoder(tmp_path / kind, kind)
-    conf = numbers_task(tmp_path / "conf", tmp_path / "data", task_marker="prefix")
-    run = tiny_run(
-        tmp_path / "runs", "task=[numbers]", "encoder=hf", f"encoder.name_or_path={model_dir}",
-        "encoder.random_init=true", "trainer.max_steps=4", "trainer.eval_every=4", config_dir=conf,
-    )["run_dir"]  # fmt: skip
+    run = pretrained_run(tmp_path, kind, "prefix")
     proc = mtl("export", run, "task=numbers", f"out={tmp_path / 'exp'}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     card = (tmp_path / "exp" / "README.md").read_text()
@@ -326,14 +332,7 @@ def test_a_pretrained_encoder_decoder_task_exports_as_its_own_class(mtl, tmp_pat
 
 
 def test_a_pretrained_encoder_decoder_task_with_an_embedding_marker_is_refused_in_one_line(mtl, tmp_path: Path) -> None:
-    from tests.test_seq2seq import tiny_encoder_decoder
-
-    model_dir = tiny_encoder_decoder(tmp_path / "t5", "t5")
-    conf = numbers_task(tmp_path / "conf", tmp_path / "data", task_marker="embedding")
-    run = tiny_run(
-        tmp_path / "runs", "task=[numbers]", "encoder=hf", f"encoder.name_or_path={model_dir}",
-        "encoder.random_init=true", "trainer.max_steps=2", "trainer.eval_every=2", config_dir=conf,
-    )["run_dir"]  # fmt: skip
+    run = pretrained_run(tmp_path, "t5", "embedding")
     proc = mtl("export", run, "task=numbers", f"out={tmp_path / 'exp'}", cwd=tmp_path)
     assert_one_line_error(proc, "its encoder and decoder share one embedding matrix")
     assert not (tmp_path / "exp").exists()
