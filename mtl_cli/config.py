@@ -122,6 +122,11 @@ class NonFinite(Choice):
     skip = "skip"
 
 
+class Logger(Choice):
+    tensorboard = "tensorboard"
+    mlflow = "mlflow"
+
+
 @dataclass
 class TaskConfig:
     # A name in mtl_cli.task_types.TASK_TYPES (classification, regression, multilabel, ...).
@@ -274,6 +279,18 @@ class TrainerConfig:
     # Evaluate every N steps; None means once per epoch (all tasks' examples seen once).
     eval_every: int | None = None
     log_every: int = 20
+    # Experiment trackers the run also writes to, every `log_every` steps and at every evaluation:
+    # tensorboard (event files in the run's `tensorboard/` folder; `tensorboard --logdir runs` shows
+    # every run), mlflow (see mlflow_tracking_uri). [] for none; train_metrics.jsonl is always written.
+    loggers: list[Logger] = field(default_factory=lambda: [Logger.tensorboard])
+    # mlflow: the tracking URI; null: $MLFLOW_TRACKING_URI when set, else a local store in <runs_root>/mlruns.
+    mlflow_tracking_uri: str | None = None
+    # mlflow: the experiment the run is logged under; null: the run's task names (yelp+imdb).
+    mlflow_experiment: str | None = None
+    # Forgetting monitor: a task whose main validation metric falls more than this (in the metric's
+    # own units, 0.05 = 5 accuracy points) below its best so far while training goes on is flagged
+    # (a warning once per episode, marked in metrics.jsonl and metrics.md); null: off.
+    forgetting_threshold: float | None = 0.05
     # The average over tasks of this validation metric picks `checkpoints/best`: `main` is each
     # task type's main metric (accuracy, entity F1, Pearson, micro-F1); auxiliary MLM tasks are
     # left out. Any metric name (e.g. macro_f1) averages that metric over the tasks that have it.
