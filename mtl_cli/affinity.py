@@ -34,6 +34,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -264,11 +265,14 @@ class AffinityRecorder:
     def due(self, step: int) -> bool:
         return self.every > 0 and step > 0 and step % self.every == 0
 
-    def record(self, step: int, tasks: list[str], matrix: Matrix, kind: str = "cosine") -> None:
+    def record(
+        self, step: int, tasks: list[str], matrix: Matrix, kind: str = "cosine", extra: dict | None = None
+    ) -> None:
+        """One line; `extra`: further JSON fields of the line (a "conflict" record's share and window)."""
         n = len(tasks)
         if len(matrix) != n or any(len(row) != n for row in matrix):
             raise ValueError(f"matrix must be {n}x{n} for tasks {tasks}")
-        line = {"step": int(step), "kind": kind, "tasks": list(tasks), "matrix": _json_matrix(matrix)}
+        line = {"step": int(step), "kind": kind, "tasks": list(tasks), "matrix": _json_matrix(matrix), **(extra or {})}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         append_jsonl(self.path, [line])  # a failed write is cut back off, and is one line
 
@@ -308,13 +312,22 @@ class AffinityRecorder:
 
     def plot(self, path: str | Path | None = None) -> Path | None:
         """Heatmaps (mean over the run, and the last measurement) of each kind recorded; None if nothing was."""
+        fig = self.figure()
+        if fig is None:
+            return None
+        path = Path(path) if path is not None else self.path.with_suffix(".png")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_with(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))  # whole, or one line
+        return path
+
+    def figure(self) -> Any:
+        """The matplotlib Figure `plot` saves: a row of two heatmaps per kind; None if nothing was recorded."""
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
         kinds = self.kinds()
         if not kinds:
             return None
-        path = Path(path) if path is not None else self.path.with_suffix(".png")
         n = len(self.records(kinds[0])[-1]["tasks"])
         side = max(3.2, 0.9 * n + 1.8)
         fig = Figure(figsize=(2.3 * side, 1.1 * side * len(kinds)), layout="constrained")
@@ -329,19 +342,22 @@ class AffinityRecorder:
             span = f"steps {recs[0]['step']}-{recs[-1]['step']}" if len(recs) > 1 else f"step {recs[0]['step']}"
             _heatmap(fig, row[0], tasks, mean, kind, f"{kind}: mean\n{len(recs)} measurement(s), {span}")
             _heatmap(fig, row[1], tasks, last, kind, f"{kind}: last\nstep {recs[-1]['step']}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_with(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))  # whole, or one line
-        return path
+        return fig
 
 
-def _heatmap(fig: Any, ax: Any, tasks: list[str], matrix: Matrix, kind: str, title: str) -> None:
+def _heatmap(fig: Any, ax: Any, tasks: list[str], matrix: Matrix, kind: str, title: str) -> Any:
+    """One heatmap; returns its image. The diagonal (a task on itself: cosine 1, a lookahead that is
+    the task's own loss drop, far larger than any cross-task effect) is written but not coloured,
+    and the colour scale is symmetric around 0 over the off-diagonal values only, so that what the
+    tasks do to each other is visible."""
     values = torch.tensor(matrix, dtype=torch.float64).numpy()
-    finite = values[~(values != values)]
+    diagonal = np.eye(len(values), dtype=bool)
+    off = values[~diagonal & np.isfinite(values)]
+    limit = float(np.abs(off).max()) if off.size and np.abs(off).max() > 0 else 1.0
     if kind == "cosine":
-        limit = 1.0
-    else:  # lookahead affinities are small and of either sign: a symmetric scale around 0
-        limit = float(abs(finite).max()) if finite.size and abs(finite).max() > 0 else 1.0
-    image = ax.imshow(values, cmap="RdBu_r", vmin=-limit, vmax=limit)
+        limit = min(limit, 1.0)
+    cmap = _cmap("RdBu_r", bad="#e6e6e6")  # grey: the masked diagonal and n/a cells
+    image = ax.imshow(np.ma.masked_where(diagonal | ~np.isfinite(values), values), cmap=cmap, vmin=-limit, vmax=limit)
     ax.set_xticks(range(len(tasks)), tasks, rotation=45, ha="right")
     ax.set_yticks(range(len(tasks)), tasks)
     if kind == "lookahead":
@@ -351,6 +367,14 @@ def _heatmap(fig: Any, ax: Any, tasks: list[str], matrix: Matrix, kind: str, tit
     for i, row in enumerate(values):
         for j, v in enumerate(row):
             text = "n/a" if v != v else (f"{v:.2f}" if kind == "cosine" else f"{v:.2g}")
-            color = "white" if v == v and abs(v) > 0.6 * limit else "black"
+            color = "white" if v == v and i != j and abs(v) > 0.6 * limit else "black"
             ax.text(j, i, text, ha="center", va="center", fontsize=8, color=color)
-    fig.colorbar(image, ax=ax, shrink=0.8)
+    fig.colorbar(image, ax=ax, shrink=0.8, label="off-diagonal scale")
+    return image
+
+
+def _cmap(name: str, bad: str) -> Any:
+    """A registered colour map with `bad` for masked cells (a copy: the registry's stays as it is)."""
+    from matplotlib import colormaps  # matplotlib loads only when a plot is drawn
+
+    return colormaps[name].with_extremes(bad=bad)

@@ -40,7 +40,9 @@ commands:
                               single-task baselines vs the multi-task run, per task and seed, with a
                               report (transfer.md/.png); e.g. mtl transfer task=sentences/yelp+sentences/imdb
                               data_root=../shared/data seeds=[1,2,3]
-  report FOLDER [split=test]  one table and plot across the runs under FOLDER (e.g. a multirun sweep)
+  report FOLDER [split=validation|test]
+                              the runs under FOLDER (e.g. a multirun sweep), seeds averaged per configuration,
+                              best on validation: report.md/.csv/.json/.png and one page, report.html
   data check [overrides...]   check the tasks' data: counts, label distribution, empty and over-long
                               texts, duplicates, train/test overlap within and across tasks;
                               e.g. mtl data check task=emotion+sentences/yelp data_root=../shared/data
@@ -69,7 +71,7 @@ _VALUE_FLAGS = {
 # Free-form dictionaries: their keys are the user's (task names, label values), so an override
 # may add a key. Hydra requires `++` for that; users should not have to know.
 _OPEN_DICTS = re.compile(
-    r"^(mixing\.weights|loss_weighting\.weights|encoder\.config_overrides|task\.[^.=]+\.(label_map|files))(\.|=)"
+    r"^(mixing\.weights|mixing\.schedule|loss_weighting\.weights|encoder\.config_overrides|task\.[^.=]+\.(label_map|files))(\.|=)"
 )
 
 
@@ -679,14 +681,17 @@ def transfer_command(args: list[str]) -> None:
 
 def report_command(args: list[str]) -> None:
     if not args or args[0] in ("-h", "--help"):
-        print("usage: mtl report FOLDER [split=test|validation]: a table and plot across the runs under FOLDER")
+        print(
+            "usage: mtl report FOLDER [split=validation|test]: the runs under FOLDER, seeds averaged per configuration "
+            "(report.md/.csv/.json/.png/.html); split= is the split the table shows first"
+        )
         return
-    opts = parse_key_values(args[1:], {"split": "test|validation"})
+    opts = parse_key_values(args[1:], {"split": "validation|test"})
     from mtl_cli.errors import MtlError
     from mtl_cli.report import report_command as run_report
 
     try:
-        run_report(args[0], split=opts.get("split", "test"))
+        run_report(args[0], split=opts.get("split", "validation"))
     except MtlError as err:
         fail(str(err))
 

@@ -9,10 +9,15 @@ Texts are compared after normalisation (strip, lowercase, collapse whitespace); 
 compared as the (text, text_pair) tuple, a token-classification example as its joined tokens.
 Empty texts are counted as empty, never as duplicates or leaks.
 
+Label balance: a class with less than `task.<name>.min_class_share` of the training labels is
+reported (null or 0: never). What a share is of: a classification task's examples; a multilabel
+task's examples, per label; a token-classification task's entity mentions, per entity type (B-x
+and I-x are one type, and the 'O' tag, most of every sentence, is not a class here).
+
 Report layout:
 
     {"full": bool, "tokenizer": name | null, "notes": [str], "thresholds": {...}, "seconds": float,
-     "tasks": {task: {"type", "max_length", "labels",
+     "tasks": {task: {"type", "max_length", "labels", "min_class_share",
                       "splits": {split: {"examples", "label_distribution", "empty",
                                          "over_length", "max_tokens", "duplicates"}},
                       "leakage": {"validation" | "test": {"count", "examples"}}}},
@@ -42,7 +47,6 @@ from mtl_cli.writers import write_json, writing
 
 MAX_EXAMPLES = 3  # examples kept per duplicate or leakage finding
 OVER_LENGTH_SHARE = 0.05  # warn when more of a split than this is longer than max_length
-RARE_CLASS_SHARE = 0.01  # warn when a class has fewer train examples than this share
 _SHOW_CHARS = 100
 _BATCH = 2048
 
@@ -56,7 +60,7 @@ def check_tasks(tasks: dict[str, Task], tokenizer: Any = None, full: bool = True
         "full": full,
         "tokenizer": getattr(use_tokenizer, "name_or_path", type(use_tokenizer).__name__) if use_tokenizer else None,
         "notes": [],
-        "thresholds": {"over_length_share": OVER_LENGTH_SHARE, "rare_class_share": RARE_CLASS_SHARE},
+        "thresholds": {"over_length_share": OVER_LENGTH_SHARE},  # the class share is per task
         "tasks": {},
         "cross_task": [],
     }
@@ -68,6 +72,7 @@ def check_tasks(tasks: dict[str, Task], tokenizer: Any = None, full: bool = True
             "type": task.cfg.type,
             "max_length": task.cfg.max_length,
             "labels": list(task.labels) if task.labels is not None else None,
+            "min_class_share": _min_class_share(name, task),
             "splits": {},
             "leakage": {},
         }
@@ -302,6 +307,7 @@ def _label_distribution(task: Task, data: _Split) -> dict | None:
             "kind": "tags",
             "counts": {name(i): counts.get(i, 0) for i in ids},
             "examples_with": {name(i): present.get(i, 0) for i in ids},
+            "entities": _entity_mentions({name(i): counts.get(i, 0) for i in ids}),
         }
     if "label" not in cols:
         return None
@@ -413,18 +419,52 @@ def _cross_task(keyed: dict[str, dict[str, _Split]]) -> list[dict]:
     return out
 
 
+def _min_class_share(name: str, task: Task) -> float | None:
+    share = task.cfg.min_class_share
+    if share is not None and not 0 <= share < 1:
+        raise MtlError(
+            f"`task.{name}.min_class_share` must be in [0, 1) (0 or null: no warning); got {share:g}: "
+            f"set task.{name}.min_class_share=0.02"
+        )
+    return share or None
+
+
+def _entity_mentions(tag_counts: dict[str, int]) -> dict[str, int]:
+    """Entity type -> mentions, from BIO(ES) tag counts: a mention starts with B-x or S-x (the task
+    loader reads an I-x that starts one as B-x); a tag without a prefix counts as its own type."""
+    mentions: dict[str, int] = {}
+    for tag, count in tag_counts.items():
+        if tag == "O":
+            continue
+        prefix, sep, kind = tag.partition("-")
+        if sep and prefix in ("B", "I", "E", "S"):
+            mentions[kind] = mentions.get(kind, 0) + (count if prefix in ("B", "S") else 0)
+        else:
+            mentions[tag] = mentions.get(tag, 0) + count
+    return mentions
+
+
 def _rare_classes(name: str, entry: dict) -> list[str]:
     train = entry["splits"].get("train")
     dist = train and train["label_distribution"]
-    if not dist or dist["kind"] == "regression":
+    threshold = entry.get("min_class_share")
+    if not dist or dist["kind"] == "regression" or not threshold:
         return []
-    n = train["examples"]
-    counts = dist["examples_with"] if dist["kind"] == "tags" else dist["counts"]
-    what = "tag" if dist["kind"] == "tags" else "class"
+    if dist["kind"] == "tags":
+        counts, what = dist["entities"], "entity type '{}' has only {} of {} entity mentions"
+        total = sum(counts.values())
+    else:
+        counts, what = dist["counts"], "label '{}' is in only {} of {} examples"
+        total = train["examples"]
+        if dist["kind"] != "multilabel":
+            what = "class" + what.removeprefix("label")
+    if not total:
+        return []
+    under = f"under task.{name}.min_class_share={threshold:g}; set it to 0 to silence this"
     return [
-        f"{name}/train: {what} '{label}' is in only {c} of {n} examples ({c / n:.1%}, under {RARE_CLASS_SHARE:.0%})"
+        f"{name}/train: {what.format(label, c, total)} ({c / total:.1%}, {under})"
         for label, c in counts.items()
-        if c / n < RARE_CLASS_SHARE
+        if c / total < threshold
     ]
 
 

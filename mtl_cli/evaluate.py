@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,11 +12,13 @@ import torch
 
 from mtl_cli import distributed, task_types
 from mtl_cli.batches import eval_batches
+from mtl_cli.callbacks.forgetting import summary as forgetting_summary
 from mtl_cli.checkpoints import load_weights
 from mtl_cli.config import held_out
 from mtl_cli.device import autocast
+from mtl_cli.logs import eval_progress
 from mtl_cli.plots import training_curves
-from mtl_cli.tables import print_table, table_rows, write_table
+from mtl_cli.tables import add_forgetting, average_note, forgetting_note, print_table, table_rows, write_table
 from mtl_cli.writers import write_json
 
 log = logging.getLogger("mtl")
@@ -32,14 +35,17 @@ def evaluate_task(
     world = distributed.WORLD
     scored = []  # (batch number, predictions, golds, loss x examples, examples)
     device = next(model.parameters()).device
-    for i, batch in enumerate(eval_batches(columns, ttype.collate, batch_size, pad_id)):
-        if i % world.size != world.rank:
-            continue  # collated all the same: MLM masking draws from one generator in batch order
-        batch = {k: v.to(device) for k, v in batch.items()}
-        output = model(task, batch)
-        n = batch["input_ids"].shape[0]
-        p, g = ttype.predict(output, batch)
-        scored.append((i, p, g, ttype.loss(output, batch).item() * n, n))
+    mine = len(range(world.rank, math.ceil(len(columns["input_ids"]) / batch_size), world.size))
+    with eval_progress(mine, f"eval {task}") as advance:
+        for i, batch in enumerate(eval_batches(columns, ttype.collate, batch_size, pad_id)):
+            if i % world.size != world.rank:
+                continue  # collated all the same: MLM masking draws from one generator in batch order
+            batch = {k: v.to(device) for k, v in batch.items()}
+            output = model(task, batch)
+            n = batch["input_ids"].shape[0]
+            p, g = ttype.predict(output, batch)
+            scored.append((i, p, g, ttype.loss(output, batch).item() * n, n))
+            advance()
     if world.distributed:
         scored = sorted((b for part in distributed.gather(scored) for b in part), key=lambda b: b[0])
     preds, golds = [], []
@@ -84,6 +90,12 @@ def average(results: dict, types: dict[str, str]) -> dict[str, float]:
         values = [r[m] for r in scored.values() if m in r]
         out[m] = sum(values) / len(values)
     return out
+
+
+def main_metrics(types: dict[str, str]) -> dict[str, str]:
+    """Task -> its main metric, for the tasks `average` takes `main` over (the tables' `mains`)."""
+    scored = [t for t in types if not task_types.get(types[t]).AUXILIARY] or list(types)
+    return {t: task_types.get(types[t]).MAIN_METRIC for t in scored}
 
 
 class Evaluator:
@@ -148,16 +160,32 @@ def final_results(parts: Any, state: Any, stopping: Any) -> dict:
         }
         for n in parts.types
     }
-    rows = table_rows(results, extra)
+    rows, note = table(parts, state, results, extra)
     what = "each task's own best checkpoint (best_step)" if stopping else f"checkpoints/best (step {state.best_step})"
     test = {task: {m: v for m, v in metrics.items() if m != "loss"} for task, metrics in results["test"].items()}
     if distributed.writes():
-        write_table(run.table, rows, f"Per-task metrics of {what}; {state.step} steps trained.\n\n")
+        write_table(run.table, rows, f"Per-task metrics of {what}; {state.step} steps trained.\n\n", note=note)
         write_json(run.results, test)
-        training_curves(run.metrics, run.curves, {n: tt.MAIN_METRIC for n, tt in parts.types.items()})
+        # The line on each panel: the step of the checkpoint that task's figures come from.
+        best = {**steps, "average": state.best_step}
+        training_curves(run.metrics, run.curves, {n: tt.MAIN_METRIC for n, tt in parts.types.items()}, best)
         print_table(rows, f"{run} ({what})", list(results))
     log.info("results (test split): %s", test)
     return {"run_dir": str(run), "results": test, "validation": results["validation"], "best_step": state.best_step}
+
+
+def table(parts: Any, state: Any, results: dict, extra: dict) -> tuple[list[dict], str]:
+    """metrics.md's rows, with the forgetting monitor's columns when it ran, and the note under them."""
+    mains = main_metrics(parts.evaluator.type_names)
+    rows = table_rows(results, extra, mains)
+    note = average_note(results, mains)
+    threshold = parts.cfg.trainer.forgetting_threshold
+    # The monitor's state as the latest checkpoint saved it: that of the last evaluation.
+    forgetting = forgetting_summary(state.callbacks.get("forgetting"))
+    if threshold is not None and forgetting:
+        add_forgetting(rows, forgetting)
+        note += forgetting_note(threshold)
+    return rows, note
 
 
 def load_saved(model: Any, ckpt: Any) -> None:
@@ -171,10 +199,11 @@ def write_interrupted_table(parts: Any, state: Any) -> None:
     """metrics.md of a stopped run: the last validation, until the resumed run writes the final table."""
     if not distributed.writes():
         return
-    rows = table_rows({"validation": state.validation}, {})
-    note = (
+    rows, note = table(parts, state, {"validation": state.validation}, {})
+    header = (
         f"Interrupted at step {state.step}: validation metrics of the last evaluation; "
         "the final table replaces this when the resumed run ends.\n\n"
     )
-    write_table(parts.run.table, rows, note)
-    training_curves(parts.run.metrics, parts.run.curves, {n: tt.MAIN_METRIC for n, tt in parts.types.items()})
+    write_table(parts.run.table, rows, header, note=note)
+    best = dict.fromkeys([*parts.types, "average"], state.best_step)  # checkpoints/best so far
+    training_curves(parts.run.metrics, parts.run.curves, {n: tt.MAIN_METRIC for n, tt in parts.types.items()}, best)

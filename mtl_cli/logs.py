@@ -1,11 +1,21 @@
-"""The `mtl` log (rich on the terminal, train.log in the run directory) and the training progress bar."""
+"""The `mtl` log (rich on the terminal, train.log in the run directory) and the console's progress displays.
+
+Libraries' own log records and Python warnings (transformers' "Loading weights" notes, torch's
+deprecations) go to train.log only: they are kept from the time training starts, before the run
+directory exists, and written into train.log when it opens. The terminal shows mtl's own lines.
+
+Progress on the terminal (rank 0, `trainer.progress`): a spinner while data loads and tokenizes
+(`status`), the training bar, and a bar for each evaluation pass (`eval_progress`), which shares the
+training bar's live display (rich allows one at a time).
+"""
 
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -13,6 +23,13 @@ from typing import Any
 from mtl_cli.writers import WriteError, write_fault, writing
 
 log = logging.getLogger("mtl")
+
+# Loggers whose records are the libraries' business: into train.log, not onto the terminal.
+LIBRARIES = ("transformers", "datasets", "huggingface_hub", "peft", "torch", "accelerate", "py.warnings")
+# Library records from before train.log opens (loading the encoder comes before the run directory).
+_pending = logging.handlers.BufferingHandler(capacity=10_000)
+_console = {"progress": False}  # whether this process shows progress displays (rank 0, trainer.progress)
+_live: dict[str, Any] = {}  # the training bar's rich Progress while it is shown
 
 
 def setup_logging(path: Path | None) -> None:
@@ -31,6 +48,68 @@ def setup_logging(path: Path | None) -> None:
             fh = RunLog(path, encoding="utf-8")
         fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         log.addHandler(fh)
+    _route_libraries(next((h for h in log.handlers if isinstance(h, RunLog)), None))
+
+
+def _route_libraries(run_log: logging.Handler | None) -> None:
+    """Library records and warnings to `run_log` (train.log); until it exists, held in `_pending`."""
+    logging.captureWarnings(True)
+    try:  # transformers keeps a stderr handler and tqdm bars of its own
+        import transformers.utils.logging as hf_logging
+
+        hf_logging.disable_default_handler()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+    for name in LIBRARIES:
+        lib = logging.getLogger(name)
+        lib.propagate = False
+        for h in list(lib.handlers):
+            if h is _pending or isinstance(h, RunLog):
+                lib.removeHandler(h)
+        lib.addHandler(run_log if run_log is not None else _pending)
+    if run_log is not None:
+        for record in _pending.buffer:
+            run_log.handle(record)
+        _pending.buffer.clear()
+
+
+def show_progress(enabled: bool) -> None:
+    """Whether this process draws progress displays from now on (rank 0 with trainer.progress)."""
+    _console["progress"] = enabled
+
+
+@contextmanager
+def status(text: str) -> Iterator[None]:
+    """A spinner with `text` while a block runs (loading and tokenizing data); nothing when progress is off."""
+    if not _console["progress"] or _live:
+        yield
+        return
+    from rich.console import Console
+
+    with Console(stderr=True).status(text):
+        yield
+
+
+@contextmanager
+def eval_progress(total: int, label: str) -> Iterator[Callable[[], None]]:
+    """A transient bar of `total` evaluation batches; yields the function that advances it by one."""
+    if not _console["progress"] or total <= 0:
+        yield lambda: None
+        return
+    live = _live.get("progress")
+    if live is not None:  # inside training: a second line of the training bar's display
+        task = live.add_task(label, total=total, info="", name=label)
+        try:
+            yield lambda: live.advance(task)
+        finally:
+            live.remove_task(task)
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda: bar.advance(task)
 
 
 class RunLog(logging.FileHandler):
@@ -87,7 +166,14 @@ def progress_bar(show: bool, total: int, done: int, log_every: int) -> Iterator[
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     columns = [
-        TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}")
+        TextColumn("{task.fields[name]}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
     ]  # fmt: skip
     with Progress(*columns, disable=not show, transient=False) as progress:
-        yield ProgressBar(progress, progress.add_task("train", total=total, completed=done, info=""), log_every)
+        if show:
+            _live["progress"] = progress
+        try:
+            task = progress.add_task("train", total=total, completed=done, info="", name="train")
+            yield ProgressBar(progress, task, log_every)
+        finally:
+            _live.clear()

@@ -6,6 +6,8 @@
     <run>/data_check.json        the cheap data check at start-up
     <run>/parameters.json        shared / per-task / trainable parameter counts
     <run>/metrics.jsonl          one record per (eval step, task)
+    <run>/train_metrics.jsonl    one record every trainer.log_every steps: losses, lr, gradient norm, throughput
+    <run>/tensorboard/           TensorBoard event files (trainer.loggers has tensorboard)
     <run>/affinity.jsonl, .png   task-affinity measurements and their heatmaps
     <run>/metrics.md, .csv       the final per-task table
     <run>/results.json           {task: {metric: value}} on the test split, best checkpoint
@@ -47,6 +49,8 @@ class RunDir:
     data_check = property(lambda self: self.path / "data_check.json")
     parameters = property(lambda self: self.path / "parameters.json")
     metrics = property(lambda self: self.path / "metrics.jsonl")
+    train_metrics = property(lambda self: self.path / "train_metrics.jsonl")
+    tensorboard = property(lambda self: self.path / "tensorboard")
     affinity = property(lambda self: self.path / "affinity.jsonl")
     affinity_plot = property(lambda self: self.path / "affinity.png")
     table = property(lambda self: self.path / "metrics.md")  # and metrics.csv beside it

@@ -29,6 +29,7 @@ class StepResult:
     seconds: float
     # A NaN/inf loss or gradient norm: the update was not applied.
     problem: str | None = None
+    grad_norm: float | None = None  # of all the model's gradients, before clipping; None when no update was tried
 
 
 def train_step(parts: Any, tasks: list[str]) -> StepResult:
@@ -134,10 +135,10 @@ def finish_step(parts: Any, step: StepResult, began: float) -> StepResult:
         if scaler is not None:
             scaler.unscale_(parts.optimizer)  # clipping sees the true gradients
         max_norm = parts.cfg.trainer.max_grad_norm
-        if max_norm > 0:
-            norm = float(clip_grad_norm_(parts.model.parameters(), max_norm))
-            if not math.isfinite(norm) and scaler is None:  # with a scaler: its step skips it, and scales down
-                step.problem = f"gradient norm of task(s) {'+'.join(step.losses)} is {norm}"
+        # Without clipping (max_grad_norm <= 0) the norm is still measured, for the trackers: an inf limit clips nothing.
+        norm = step.grad_norm = float(clip_grad_norm_(parts.model.parameters(), max_norm if max_norm > 0 else math.inf))
+        if max_norm > 0 and not math.isfinite(norm) and scaler is None:  # with a scaler: its step skips it, and scales down
+            step.problem = f"gradient norm of task(s) {'+'.join(step.losses)} is {norm}"
     if step.problem is None and scaler is not None:
         scaler.step(parts.optimizer)
         scaler.update()

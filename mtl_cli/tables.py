@@ -18,17 +18,30 @@ from mtl_cli.writers import write_texts
 SPLIT_NAMES = ("validation", "test")
 
 
-def write_table(md_path: Path, rows: list[dict], header: str = "", also: dict[Path, str] | None = None) -> None:
-    """`md_path` (the header, then the table in Markdown) and the same rows as CSV beside it, with
-    the files `also` names, all or nothing (a full disk leaves none of them half written)."""
-    md = {md_path: header + rows_to_markdown(rows), md_path.with_suffix(".csv"): rows_to_csv(rows)}
+def write_table(
+    md_path: Path, rows: list[dict], header: str = "", also: dict[Path, str] | None = None, note: str = ""
+) -> None:
+    """`md_path` (the header, the table in Markdown, then the note) and the same rows as CSV beside it,
+    with the files `also` names, all or nothing (a full disk leaves none of them half written)."""
+    md = {
+        md_path: header + rows_to_markdown(_for_people(rows)) + (f"\n{note}" if note else ""),
+        md_path.with_suffix(".csv"): rows_to_csv(rows),
+    }
     write_texts({**md, **(also or {})})
 
 
-def table_rows(results: dict[str, dict[str, dict[str, float]]], extra: dict[str, dict[str, Any]]) -> list[dict]:
+def table_rows(
+    results: dict[str, dict[str, dict[str, float]]],
+    extra: dict[str, dict[str, Any]],
+    mains: dict[str, str] | None = None,
+) -> list[dict]:
     """One row per task (then `average`): `<split>_<metric>` for every metric any task has, plus extras.
 
     Tasks of different types have different metrics; a cell a task has no value for stays empty.
+    `mains`: task -> its main metric, for the tasks the average is over (evaluate.main_metrics).
+    With it a task's `<split>_main` cell holds its own main metric, and the average row leaves
+    empty the metrics that not all of those tasks have: a mean over some of them would read as one
+    over all (`average_note` names what was left out).
     """
     first = next(iter(results.values()))
     tasks = [t for t in first if t != "average"] + ["average"]
@@ -37,13 +50,78 @@ def table_rows(results: dict[str, dict[str, dict[str, float]]], extra: dict[str,
         # An extra test split (test_<name>) holds some tasks only: its average would not be comparable.
         extra_split = is_extra_test(split)
         shown = {t: r for t, r in per_task.items() if not (extra_split and t == "average")}
-        # `main` (the average of each task's main metric, what picks checkpoints/best) exists on the average row only.
+        # `main` is the average row's (the mean of each task's main metric, what picks checkpoints/best);
+        # a task's own `main` is its main metric, when `mains` names it.
         metrics = list(dict.fromkeys(m for r in shown.values() for m in r if m != "loss"))
+        partial = set(partial_metrics(per_task, mains)) if mains is not None else set()
         for row in rows:
-            scored = shown.get(row["task"], {})
+            task = row["task"]
+            scored = dict(shown.get(task, {}))
+            if task != "average" and mains is not None and task in mains and "main" in metrics:
+                scored["main"] = scored.get(mains[task])
             for metric in metrics:
-                row[f"{split}_{metric}"] = scored.get(metric)
+                row[f"{split}_{metric}"] = None if task == "average" and metric in partial else scored.get(metric)
     return rows
+
+
+def partial_metrics(per_task: dict[str, dict[str, float]], mains: dict[str, str] | None) -> list[str]:
+    """The metrics of one split that some, not all, of the averaged tasks (`mains`) have."""
+    averaged = [r for t, r in per_task.items() if t != "average" and (mains is None or t in mains)]
+    names = dict.fromkeys(m for r in averaged for m in r if m not in ("loss", "main"))
+    return [m for m in names if not all(m in r for r in averaged)]
+
+
+def average_note(results: dict[str, dict[str, dict[str, float]]], mains: dict[str, str]) -> str:
+    """What the average row of `table_rows(results, ..., mains)` is a mean of, when it is not plain."""
+    per_task = next(iter(results.values()))
+    tasks = [t for t in per_task if t != "average"]
+    notes = []
+    if len(set(mains.values())) > 1:  # accuracy with Pearson: a mean of unlike numbers, fine to rank runs by
+        notes.append("average main = mean of " + ", ".join(f"{t} {m}" for t, m in mains.items()))
+    left_out = [t for t in tasks if t not in mains]
+    if left_out:
+        notes.append(f"{', '.join(left_out)} (auxiliary) not in the average")
+    partial = partial_metrics(per_task, mains)
+    if partial:
+        having = {m: [t for t in mains if m in per_task.get(t, {})] for m in partial}
+        shown = ", ".join(f"{m} ({', '.join(ts)} only)" for m, ts in having.items())
+        notes.append(f"the average row leaves out the metrics not every task has: {shown}")
+    return "".join(f"- {n}.\n" for n in notes)
+
+
+def add_forgetting(rows: list[dict], forgetting: dict[str, dict[str, Any]]) -> None:
+    """The forgetting monitor's figures per task (callbacks.forgetting.summary) as columns of `rows`:
+    the largest fall below the task's best during training, the step of that best, the episodes."""
+    for row in rows:
+        found = forgetting.get(row["task"], {})
+        row["forgetting_drop"] = found.get("drop")
+        row["forgetting_peak_step"] = found.get("peak_step")
+        row["forgetting_episodes"] = found.get("episodes")
+
+
+def forgetting_note(threshold: float) -> str:
+    return (
+        "- forgetting: the largest fall of a task's validation score (its main metric, or trainer.best_metric) "
+        "below its best so far while training went on, the step of that best, and the episodes in which it "
+        f"fell more than trainer.forgetting_threshold={threshold:g} below it (each warned in train.log, "
+        "`forgetting: true` in metrics.jsonl); empty: none. The other figures are those of the best checkpoint.\n"
+    )
+
+
+def _for_people(rows: list[dict]) -> list[dict]:
+    """The Markdown's rows: the forgetting columns as one cell, `0.0812 (1 episode, best at step 40)`;
+    the CSV keeps the numbers."""
+    if not rows or "forgetting_episodes" not in rows[0]:
+        return rows
+    out = []
+    for row in rows:
+        row = dict(row)
+        drop, peak, episodes = (row.pop(f"forgetting_{k}") for k in ("drop", "peak_step", "episodes"))
+        row["forgetting"] = (
+            f"{drop:.4f} ({episodes} episode{'s' if episodes > 1 else ''}, best at step {peak})" if episodes else None
+        )
+        out.append(row)
+    return out
 
 
 def _fmt(value: Any) -> str:

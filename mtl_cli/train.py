@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -27,8 +28,10 @@ from mtl_cli.callbacks import Callback, Stop
 from mtl_cli.callbacks.affinity import AffinityProbe
 from mtl_cli.callbacks.diagnostics import WeightingDiagnostics
 from mtl_cli.callbacks.early_stopping import EarlyStopping
+from mtl_cli.callbacks.forgetting import Forgetting
 from mtl_cli.callbacks.nonfinite import NonfiniteGuard
 from mtl_cli.callbacks.timing import Timing
+from mtl_cli.callbacks.tracking import Tracking
 from mtl_cli.checkpoints import (
     TRAINING_STATE,
     base_reference,
@@ -53,8 +56,8 @@ from mtl_cli.evaluate import Evaluation, Evaluator, final_results, write_interru
 from mtl_cli.fingerprints import changed_tasks, data_fingerprint, split_fingerprints
 from mtl_cli.interrupts import StopRequest, exit_code, signal_name
 from mtl_cli.locks import run_lock
-from mtl_cli.logs import check_log, progress_bar, setup_logging
-from mtl_cli.mixing import TaskSampler, build_sampler
+from mtl_cli.logs import check_log, progress_bar, setup_logging, show_progress, status
+from mtl_cli.mixing import StepCounts, TaskSampler, build_sampler
 from mtl_cli.model import MultiTaskModel, build_model
 from mtl_cli.optim import build_optimizer
 from mtl_cli.rundir import RunDir, check_run_dir_path, claim, load_run_config, new_run_dir
@@ -132,6 +135,7 @@ def train(cfg: DictConfig | MtlConfig, run_dir: Path | None = None, overrides: l
     with distributed.session(t.devices, distributed.device_kind(t.device), t.distributed_timeout) as world:
         check_distributed(typed, world)
         setup_logging(None)
+        show_progress(t.progress and world.writes)
         setup = prepare(typed, world)
         claimed: Any = None
 
@@ -209,6 +213,7 @@ def _resume(run: RunDir, cfg: MtlConfig, world: World) -> dict:
         if not (ckpt / TRAINING_STATE).is_file():
             raise MtlError(f"{ckpt} has no {TRAINING_STATE} (the training state); it cannot be resumed from")
     setup_logging(None)
+    show_progress(cfg.trainer.progress and world.writes)
     setup = prepare(cfg, world)
     state = new_state_from(ckpt, setup) if ckpt is not None else None  # checked before anything is written
     parts = build(setup, run, resumed=True)
@@ -219,14 +224,15 @@ def _resume(run: RunDir, cfg: MtlConfig, world: World) -> dict:
         restore(parts, state, ckpt)
         log.info("resumed from %s at step %d of %d", ckpt, state.step, parts.total_steps)
     # Records written after the checkpoint are written again, identically, by the resumed run.
-    for path in (run.metrics, run.affinity):
+    for path in (run.metrics, run.affinity, run.train_metrics):
         trim_jsonl(path, state.step)
     return run_to_end(parts, setup, state)
 
 
 def prepare(cfg: MtlConfig, world: World | None = None) -> Setup:
     t, world = cfg.trainer, world or World()
-    tasks = load_tasks(cfg)  # data mistakes surface before the encoder is loaded
+    with status("loading data"):
+        tasks = load_tasks(cfg)  # data mistakes surface before the encoder is loaded
     # The ranks on one machine share its cores; each a device of its own on GPUs.
     threads = t.threads or max(1, physical_cores() // world.local_size)
     device = setup_torch(t.device, threads)
@@ -235,12 +241,13 @@ def prepare(cfg: MtlConfig, world: World | None = None) -> Setup:
     check_fp16(t.precision, device, cfg.loss_weighting.name)
     data_report = check_tasks(tasks, full=False)  # duplicates and leakage: cheap, hashes only
     torch.manual_seed(cfg.seed)  # a random-init encoder draws its weights here
-    encoder, tokenizer = load_encoder(cfg.encoder)
+    with status(f"loading the encoder {cfg.encoder.name_or_path}"):
+        encoder, tokenizer = load_encoder(cfg.encoder)
     check_positions(cfg, encoder)
     add_task_markers(tokenizer, encoder, [n for n, tc in cfg.task.items() if tc.task_marker == "prefix"])
-    data = tokenize_tasks(tasks, tokenizer)
+    with status("tokenizing " + ", ".join(f"{n} ({sum(tk.sizes().values())} examples)" for n, tk in tasks.items())):
+        data = tokenize_tasks(tasks, tokenizer)
     sizes = {name: len(d["input_ids"]) for name, d in data["train"].items()}
-    sampler = build_sampler(cfg.mixing, sizes, cfg.seed)
     method = loss_weighting.get(cfg.loss_weighting.name)
     # Gradient methods need every task's loss at the same step: a step then holds one batch of
     # each task, and an epoch (all examples seen once) takes that many fewer steps.
@@ -248,6 +255,8 @@ def prepare(cfg: MtlConfig, world: World | None = None) -> Setup:
     step_size = t.batch_size * t.gradient_accumulation_steps * world.size * per_step
     steps_per_epoch = math.ceil(sum(sizes.values()) / step_size)
     total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
+    # After the step counts: a scheduled sampler (mixing=annealed) measures epochs as the run does.
+    sampler = build_sampler(cfg.mixing, sizes, cfg.seed, StepCounts(steps_per_epoch, total_steps))
     return Setup(
         cfg, device, tasks, data_report, encoder, tokenizer, data, sampler,
         method.build(cfg.loss_weighting, list(sizes), steps_per_epoch), steps_per_epoch, total_steps,
@@ -374,6 +383,9 @@ def build_callbacks(parts: Parts) -> list[Callback]:
     callbacks: list[Callback] = [Timing(), NonfiniteGuard(t.nonfinite), AffinityProbe(parts), WeightingDiagnostics()]
     if t.early_stopping_patience is not None:
         callbacks.append(EarlyStopping(parts))
+    callbacks.append(Forgetting.of(parts))  # every task, a stopped one too: the shared encoder moves on under its head
+    if parts.world.writes:  # last: it logs what the probe and the diagnostics measured; rank 0's only
+        callbacks.append(Tracking(parts, callbacks))
     return callbacks
 
 
@@ -476,26 +488,30 @@ def run_to_end(parts: Parts, s: Setup, state: TrainState) -> dict:
     except KeyboardInterrupt as err:  # a second signal, or one outside the loop: at once, no save
         name = signal_name(err)
         if scoring:
-            log.error("%s during the final scoring: stopped; results.json not written", name)
+            log.warning("%s during the final scoring: stopped; results.json not written", name)
             raise MtlError(
                 f"{name}: stopped during the final scoring, after training; the checkpoints are saved, results.json "
                 f"is not written: finish with: mtl train resume={parts.run}",
                 exit_code=exit_code(err),
             ) from None
-        log.error("%s: stopped at once at step %d, without saving", name, state.step)
+        log.warning("%s: stopped at once at step %d, without saving", name, state.step)
         raise MtlError(
             f"{name}: stopped at once at step {state.step} without saving; continue from the last checkpoint with: "
             f"mtl train resume={parts.run}",
             exit_code=exit_code(err),
         ) from None
     except BaseException as err:
-        log.error("run failed at step %d: %s", state.step, first_line(err))
+        if not (isinstance(err, MtlError) and err.exit_code > 128):  # a stop signal is no failure; said above
+            log.error("run failed at step %d: %s", state.step, first_line(err))
         if distributed.peer_failure(err):
             raise MtlError(
                 f"another process of this run failed or stopped ({distributed.describe_failure(err)}); continue from the last "
                 f"checkpoint with: mtl train resume={parts.run}"
             ) from None
         raise
+    finally:  # the exception leaving (None at the end): trackers close their files, MLflow marks the run's end
+        for cb in callbacks:
+            cb.on_close(parts, state, sys.exc_info()[1])
 
 
 def fit(parts: Parts, state: TrainState, callbacks: list[Callback], signals: StopRequest) -> Stop | None:
@@ -616,7 +632,13 @@ def interrupted(parts: Parts, state: TrainState, callbacks: list[Callback], sign
         save_last(parts, state, callbacks)
     if state.validation is not None:
         write_interrupted_table(parts, state)
-    distributed.barrier()  # the other ranks end after rank 0 saved: a launcher stops the rest when one exits
+    try:
+        distributed.barrier()  # the other ranks end after rank 0 saved: a launcher stops the rest when one exits
+    except Exception as err:
+        if not distributed.peer_failure(err):
+            raise
+        # Every rank agreed to stop at this step: one that ended first (rank 0 once it saved, or a
+        # rank the launcher stopped) is not a failure of this one; rank 0 says what was saved.
     name = signal_name(signum)
     log.warning("%s: stopped at step %d; checkpoint saved", name, state.step)
     raise MtlError(

@@ -202,30 +202,60 @@ def write_report(out: Path, report: dict) -> None:
     print_transfer(table, out)
 
 
-def bar_chart(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def bar_chart(report: dict, path: Path) -> Any:
+    """transfer.png: per task the single- and multi-task means (bars, ± std) with every seed's value
+    as a point over its bar; the y axis spans the data with a margin, not from 0, so that a
+    difference of 0.01 at 0.9 shows. Returns the matplotlib Figure."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     rows = report["rows"]
     x = range(len(rows))
-    fig, ax = plt.subplots(figsize=(max(4, 1.6 * len(rows) + 1), 3.5))
+    fig = Figure(figsize=(max(4, 1.6 * len(rows) + 1), 3.5), layout="constrained")
+    FigureCanvasAgg(fig)  # no pyplot: no GUI backend, no global figure state
+    ax = fig.subplots()
+    shown: list[float] = []  # every value drawn, for the axis limits
     for offset, arm, color in ((-0.2, "single", "#9aa5b1"), (0.2, "multi", "#2f6db3")):
         means = [r[f"{arm}_mean"] for r in rows]
         errs = [r[f"{arm}_std"] or 0 for r in rows]
         ax.bar([i + offset for i in x], means, 0.4, yerr=errs, capsize=3, color=color, label=f"{arm}-task")
+        shown += [m - e for m, e in zip(means, errs, strict=True)] + [m + e for m, e in zip(means, errs, strict=True)]
+        points = [(i + offset, v) for i, r in enumerate(rows) for v in seed_values(report, arm, r["task"], r["metric"])]
+        if points:
+            ax.scatter([p for p, _ in points], [v for _, v in points], s=14, color="black", zorder=3,
+                       label="one seed" if arm == "multi" else None)  # fmt: skip
+            shown += [v for _, v in points]
     for i, r in enumerate(rows):
         mark = "*" if r["significant"] else ""
-        ax.annotate(f"{r['difference']:+.3f}{mark}", (i, max(r["single_mean"], r["multi_mean"])), ha="center",
-                    va="bottom", xytext=(0, 6), textcoords="offset points", fontsize=8)  # fmt: skip
+        top = max([r["single_mean"] + (r["single_std"] or 0), r["multi_mean"] + (r["multi_std"] or 0),
+                   *seed_values(report, "single", r["task"], r["metric"]),
+                   *seed_values(report, "multi", r["task"], r["metric"])])  # fmt: skip
+        ax.annotate(f"{r['difference']:+.3f}{mark}", (i, top), ha="center", va="bottom", xytext=(0, 4),
+                    textcoords="offset points", fontsize=8)  # fmt: skip
+    finite = [v for v in shown if math.isfinite(v)]
+    if finite:
+        lo, hi = min(finite), max(finite)
+        margin = max(hi - lo, 0.01 * max(abs(lo), abs(hi)), 1e-3) * 0.25
+        ax.set_ylim(lo - margin, hi + 2 * margin)  # room above for the differences
     ax.set_xticks(list(x), [f"{r['task']}\n({r['metric']})" for r in rows])
-    ax.set_ylabel("test metric")
+    ax.set_ylabel("test metric (axis from the data)")
     ax.set_title("single- vs multi-task (* significant)")
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
+    fig.legend(loc="outside lower center", ncols=3, fontsize=8)  # below the axes: not over a bar
     write_with(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))  # whole, or one line
-    plt.close(fig)
+    return fig
+
+
+def seed_values(report: dict, arm: str, task: str, metric: str) -> list[float]:
+    """Each seed's test value of `task` in the `single` or `multi` arm (the report's per-run results;
+    the seeds are numbers in memory, strings once read back from transfer.json)."""
+    runs = report[arm][task] if arm == "single" else report[arm]
+    out = []
+    for seed in report["seeds"]:
+        run = runs.get(seed, runs.get(str(seed)))
+        value = run["results"][task][metric] if run is not None else None
+        if type(value) in (int, float) and math.isfinite(value):
+            out.append(float(value))
+    return out
 
 
 def print_transfer(table: list[dict], out: Path) -> None:

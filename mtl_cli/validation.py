@@ -247,6 +247,10 @@ def validate_trainer(cfg: MtlConfig) -> None:
         raise MtlError(f"`trainer.early_stopping_patience` must be >= 1 or null; got {t.early_stopping_patience}")
     if t.early_stopping_min_delta < 0:
         raise MtlError(f"`trainer.early_stopping_min_delta` must be >= 0; got {t.early_stopping_min_delta}")
+    if t.forgetting_threshold is not None and t.forgetting_threshold < 0:
+        raise MtlError(
+            f"`trainer.forgetting_threshold` must be >= 0, or null (no forgetting monitor); got {t.forgetting_threshold}"
+        )
     check_device(t.device)
     known = best_metric_names(cfg)
     if t.best_metric != "main" and t.best_metric not in known:

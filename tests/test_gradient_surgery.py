@@ -1,8 +1,13 @@
-"""PCGrad and CAGrad on toy gradients with hand-computed results, and their backward on a toy model."""
+"""PCGrad and CAGrad on toy gradients with hand-computed results, and their backward on a toy model;
+their gradient-conflict statistics by hand, through a checkpoint, and in a tiny real run."""
 
 from __future__ import annotations
 
+import io
 import itertools
+import json
+import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +19,16 @@ from mtl_cli.config import LossWeightingConfig
 from mtl_cli.loss_weighting import cagrad as cagrad_method
 from mtl_cli.loss_weighting import get
 from mtl_cli.loss_weighting import pcgrad as pcgrad_method
-from mtl_cli.loss_weighting.surgery import cagrad, cagrad_with_weights, pcgrad, task_gradients, write_gradient
+from mtl_cli.loss_weighting.surgery import (
+    ConflictStats,
+    cagrad,
+    cagrad_with_weights,
+    gram,
+    pcgrad,
+    task_gradients,
+    write_gradient,
+)
+from tests.conftest import tiny_run
 
 
 def t(*rows) -> torch.Tensor:
@@ -290,3 +304,125 @@ def test_configs_compose():
     lw = compose_typed(["loss_weighting=cagrad"]).loss_weighting
     assert (lw.name, lw.c) == ("cagrad", 0.5)
     assert compose_typed(["loss_weighting=cagrad", "loss_weighting.c=0.25"]).loss_weighting.c == 0.25
+
+
+# Gradient-conflict statistics
+
+
+def stats_of(*steps: list[tuple[float, float]], tasks: tuple[str, ...] = ("t0", "t1")) -> ConflictStats:
+    """ConflictStats after one step per entry: each entry the task gradients of that step."""
+    stats = ConflictStats(list(tasks))
+    for grads in steps:
+        stats.add(list(tasks[: len(grads)]), gram(t(*grads)))
+    return stats
+
+
+def test_two_conflicting_gradients_give_share_one_and_their_cosine():
+    stats = stats_of([(1.0, 0.0), (-1.0, 1.0)])
+    assert (stats.steps, stats.conflicting, stats.share()) == (1, 1, 1.0)
+    assert stats.cosines() == pytest.approx({"t0~t1": -1 / math.sqrt(2)})
+    assert stats.cosines_of("t1") == pytest.approx({"t0": -1 / math.sqrt(2)})
+    assert np.allclose(stats.matrix(), [[1.0, -1 / math.sqrt(2)], [-1 / math.sqrt(2), 1.0]])
+
+
+@pytest.mark.parametrize(
+    ("grads", "cosine"),
+    [([(1.0, 0.0), (1.0, 1.0)], 1 / math.sqrt(2)), ([(2.0, 0.0), (3.0, 0.0)], 1.0), ([(1.0, 0.0), (0.0, 5.0)], 0.0)],
+    ids=["aligned", "parallel", "orthogonal"],
+)
+def test_gradients_that_do_not_conflict_give_share_zero(grads, cosine):
+    stats = stats_of(grads)
+    assert (stats.steps, stats.share()) == (1, 0.0)  # orthogonal (cosine 0) is no conflict
+    assert stats.cosines() == pytest.approx({"t0~t1": cosine})
+
+
+def test_share_and_mean_cosine_over_several_steps_and_three_tasks():
+    steps = [
+        [(1.0, 0.0), (0.0, 1.0), (-1.0, -1.0)],  # t2 conflicts with both: a conflicting step
+        [(1.0, 0.0), (1.0, 0.0), (1.0, 1.0)],  # every pair aligned
+        [(1.0, 0.0), (-1.0, 0.0), (0.0, 1.0)],  # t0 and t1 opposite
+        [(1.0, 0.0), (0.0, 1.0), (1.0, 1.0)],  # aligned or orthogonal
+    ]
+    stats = stats_of(*steps, tasks=("t0", "t1", "t2"))
+    assert (stats.steps, stats.conflicting, stats.share()) == (4, 2, 0.5)
+    r = 1 / math.sqrt(2)
+    assert stats.cosines() == pytest.approx(
+        {"t0~t1": (0 + 1 - 1 + 0) / 4, "t0~t2": (-r + r + 0 + r) / 4, "t1~t2": (-r + r + 0 + r) / 4}
+    )
+    assert list(stats.cosines_of("t2")) == ["t0", "t1"]
+
+
+def test_a_zero_or_missing_gradient_measures_no_pair():
+    stats = ConflictStats(["t0", "t1", "t2"])
+    stats.add(["t0", "t1"], gram(t((1.0, 0.0), (0.0, 0.0))))  # t1's gradient is zero: no direction
+    assert (stats.steps, stats.share(), stats.cosines()) == (0, None, {})
+    stats.add(["t0", "t2"], gram(t((1.0, 0.0), (-1.0, 0.0))))  # t1 stopped early: only t0~t2
+    stats.add(["t0"], gram(t((1.0, 0.0))))  # one task: nothing to compare
+    stats.add(["t0", "t2"], gram(t((math.nan, 0.0), (-1.0, 0.0))))  # a NaN gradient: left out
+    assert (stats.steps, stats.share(), stats.cosines()) == (1, 1.0, {"t0~t2": -1.0})
+    matrix = stats.matrix()
+    assert matrix[0][2] == matrix[2][0] == -1.0 and math.isnan(matrix[0][1]) and matrix[1][1] == 1.0
+
+
+@pytest.mark.parametrize("name", ["pcgrad", "cagrad"])
+def test_the_weighting_exposes_the_conflicts_and_hands_them_over(name):
+    theta = nn.Parameter(torch.zeros(2))
+    method = get(name).build(LossWeightingConfig(name=name), ["t0", "t1"], 10)
+    method.backward(linear_losses(theta, (1.0, 0.0), (-1.0, 1.0)), [theta])
+    method.backward(linear_losses(theta, (1.0, 0.0), (1.0, 1.0)), [theta])
+    peek = method.conflicts()  # a tracker's read: the window stays
+    assert (peek.since, peek.steps, peek.share()) == (0, 2, 0.5)
+    assert peek.cosines() == pytest.approx({"t0~t1": 0.0})  # -1/sqrt 2 and +1/sqrt 2
+    window = method.conflicts(reset_at=2)  # the evaluation's read: a new window starts at step 2
+    assert window.summary() == peek.summary() == {
+        "since": 0, "steps": 2, "conflicting": 1, "share": 0.5, "cosine": pytest.approx({"t0~t1": 0.0}),
+    }  # fmt: skip
+    after = method.conflicts()
+    assert (after.since, after.steps, after.share(), after.cosines()) == (2, 0, None, {})
+    peek.add(["t0", "t1"], gram(t((1.0, 0.0), (-1.0, 0.0))))  # a copy: the weighting's window is its own
+    assert method.conflicts().steps == 0
+
+
+@pytest.mark.parametrize("name", ["pcgrad", "cagrad"])
+def test_the_conflict_window_survives_a_checkpoint(name):
+    """optimizer.pt keeps the weighting's state with torch.save, read back with weights_only=True."""
+    theta = nn.Parameter(torch.zeros(2))
+    directions = [((1.0, 0.0), (-1.0, 1.0)), ((1.0, 2.0), (1.0, 1.0)), ((0.0, 1.0), (1.0, -3.0))]
+    method = get(name).build(LossWeightingConfig(name=name), ["t0", "t1"], 10)
+    method.conflicts(reset_at=5)
+    method.backward(linear_losses(theta, *directions[0]), [theta])
+    buffer = io.BytesIO()
+    torch.save(method.state_dict(), buffer)
+    buffer.seek(0)
+    resumed = get(name).build(LossWeightingConfig(name=name), ["t0", "t1"], 10)
+    resumed.load_state_dict(torch.load(buffer, weights_only=True))
+    for g in directions[1:]:
+        method.backward(linear_losses(theta, *g), [theta])
+        resumed.backward(linear_losses(theta, *g), [theta])
+    assert resumed.conflicts().summary() == method.conflicts().summary()
+    assert method.conflicts().since == 5 and method.conflicts().steps == 3
+    # A checkpoint written before the statistics existed: an empty window, no error.
+    old = get(name).build(LossWeightingConfig(name=name), ["t0", "t1"], 10)
+    old.load_state_dict({k: v for k, v in method.state_dict().items() if k != "conflicts"})
+    assert old.conflicts().steps == 0
+
+
+def test_tiny_pcgrad_run_logs_the_conflicts_beside_the_affinities(tmp_path):
+    out = tiny_run(tmp_path / "runs", "loss_weighting=pcgrad", "trainer.affinity_every=2")
+    run = Path(out["run_dir"])
+    lines = [json.loads(line) for line in (run / "affinity.jsonl").read_text().splitlines()]
+    conflicts = [rec for rec in lines if rec["kind"] == "conflict"]
+    assert [(r["step"], r["since"], r["steps"]) for r in conflicts] == [(4, 0, 4), (8, 4, 4)]  # every evaluation
+    assert {r["kind"] for r in lines} == {"cosine", "conflict"}
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    log = (run / "train.log").read_text()
+    for rec in conflicts:
+        (a, b), matrix = rec["tasks"], rec["matrix"]
+        assert rec["tasks"] == ["restaurants", "electronics"] and matrix[0][0] == matrix[1][1] == 1.0
+        assert matrix[0][1] == matrix[1][0] and -1 <= matrix[0][1] <= 1 and rec["share"] in (0, 0.25, 0.5, 0.75, 1)
+        trained = {r["task"]: r for r in records if r["step"] == rec["step"] and "examples_seen" in r}
+        assert set(trained) == {a, b}
+        assert all(r["conflict_share"] == rec["share"] for r in trained.values())
+        assert trained[a]["conflict_cosine"] == {b: matrix[0][1]} and trained[b]["conflict_cosine"] == {a: matrix[0][1]}
+        share = f"{100 * rec['share']:.0f}% of 4 steps, mean cosine {a}~{b} {matrix[0][1]:+.2f}"
+        assert f"gradient conflicts since step {rec['since']}: {share}" in log

@@ -304,7 +304,7 @@ def test_an_optuna_study_of_three_trials_and_its_continuation(tmp_path: Path) ->
 
     # What each trial returned: its validation average of `main` at the best checkpoint.
     validation = build_report(folder, split="validation")
-    returned = {row["run"]: row["average_main"] for row in validation["rows"]}
+    returned = {run["run"]: run["validation"]["average"] for run in validation["runs"]}
     best = yaml.safe_load((folder / "optimization_results.yaml").read_text())
     assert set(best["best_params"]) == {"mixing.temperature", "trainer.lr"}
     assert best["best_value"] == pytest.approx(max(returned.values()))

@@ -4,6 +4,7 @@
     on_step(parts, state, step)       after each optimizer step (`step`: a steps.StepResult)
     on_evaluate(parts, state, ev)     after each validation pass (`ev`: an Evaluation; may add to its records)
     on_finish(parts, state)           after the final scoring
+    on_close(parts, state, error)     however the run ends, last: `error` is the exception ending it, None at the end
     state_dict() / load_state_dict()  what a checkpoint keeps of it, so a resume continues exactly
 
 `on_step` and `on_evaluate` return a `Stop` to end training (every task stopped early, a
@@ -35,6 +36,9 @@ class Callback:
         return None
 
     def on_finish(self, parts: Any, state: Any) -> None:
+        return None
+
+    def on_close(self, parts: Any, state: Any, error: BaseException | None) -> None:
         return None
 
     def state_dict(self) -> dict:

@@ -34,6 +34,9 @@ class AffinityProbe(Callback):
             for i, name in enumerate(parts.batches)
         }  # fmt: skip
         self.losses = {n: parts.types[n].loss for n in self.batches}
+        # The last measurement, kind -> (tasks, matrix), at step `latest_step`: what the trackers log.
+        self.latest: dict[str, tuple[list[str], list[list[float]]]] = {}
+        self.latest_step = 0
 
     def on_step(self, parts: Any, state: Any, step: Any) -> None:
         if not self.recorder.due(state.step):
@@ -42,6 +45,7 @@ class AffinityProbe(Callback):
         results = measure_affinity(parts.model, batches, self.losses, parts.shared, lookahead_lr=self.lookahead)
         for kind, (tasks, matrix) in results.items():
             self.recorder.record(state.step, tasks, matrix, kind)
+        self.latest, self.latest_step = results, state.step
 
     def on_finish(self, parts: Any, state: Any) -> None:
         summary = self.recorder.summary()

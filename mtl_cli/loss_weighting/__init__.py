@@ -20,6 +20,10 @@ A weighting has
                                `shared` are the trunk's shared parameters (gradient surgery acts on them)
     state_dict()/load_state_dict()
 
+PCGrad and CAGrad also have `conflicts(reset_at=None) -> surgery.ConflictStats`: the share of steps
+whose task gradients conflicted and each pair's mean cosine since the last evaluation
+(callbacks.diagnostics logs them and starts a new window at each evaluation).
+
 Methods that only weight losses call `weighted.weighted_backward`. Adding a method: a module here,
 its name in METHODS, and conf/loss_weighting/<name>.yaml. METHODS is the one list of names:
 validation (mtl_cli.validation) reads it through `get`.

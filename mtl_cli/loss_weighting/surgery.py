@@ -4,11 +4,16 @@ Both methods work on the n x n Gram matrix G = grads @ grads.T (n = number of ta
 dot product they need is an entry of G or a combination of them, so the result is one
 weighted sum of the task gradients, `coef @ grads`, and nothing bigger than n x n is built
 besides the gradients themselves.
+
+`ConflictStats` reads the same Gram matrix: per step, the cosine of every pair of task gradients
+and whether any pair conflicts (a negative cosine), accumulated between two evaluations.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -66,7 +71,7 @@ def gram(grads: torch.Tensor) -> np.ndarray:
     return (grads @ grads.T).double().cpu().numpy()
 
 
-def pcgrad(grads: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def pcgrad(grads: torch.Tensor, generator: torch.Generator, G: np.ndarray | None = None) -> torch.Tensor:
     """PCGrad (Yu et al. 2020, "Gradient Surgery for Multi-Task Learning", Algorithm 1).
 
     For each task i, g_i^PC starts as g_i; for each other task j in a random order, when
@@ -77,10 +82,11 @@ def pcgrad(grads: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     (always against the original g_j). The update is the sum  sum_i g_i^PC.
 
     g_i^PC is kept as coefficients over the task gradients, g_i^PC = coef[i] @ grads, so
-    g_i^PC . g_j = coef[i] @ G[:, j]. `generator` draws each task's order of the others.
+    g_i^PC . g_j = coef[i] @ G[:, j]. `generator` draws each task's order of the others; `G` is
+    `gram(grads)` when the caller has it already.
     """
     n = grads.shape[0]
-    G = gram(grads)
+    G = gram(grads) if G is None else G
     coef = np.eye(n)
     for i in range(n):
         others = [j for j in range(n) if j != i]
@@ -143,10 +149,11 @@ def cagrad(grads: torch.Tensor, c: float) -> torch.Tensor:
     return cagrad_with_weights(grads, c)[0]
 
 
-def cagrad_with_weights(grads: torch.Tensor, c: float) -> tuple[torch.Tensor, np.ndarray]:
-    """`cagrad`'s update and the solved w* (uniform where no problem was solved)."""
+def cagrad_with_weights(grads: torch.Tensor, c: float, G: np.ndarray | None = None) -> tuple[torch.Tensor, np.ndarray]:
+    """`cagrad`'s update and the solved w* (uniform where no problem was solved); `G`: `gram(grads)`
+    when the caller has it already."""
     n = grads.shape[0]
-    G = gram(grads)
+    G = gram(grads) if G is None else G
     if c == 0 or not np.isfinite(G).all() or G.mean() <= 0:
         return grads.mean(0), np.full(n, 1.0 / n)
     w = cagrad_weights(G, c)
@@ -155,3 +162,86 @@ def cagrad_with_weights(grads: torch.Tensor, c: float) -> tuple[torch.Tensor, np
     scale = root_phi / gw_norm if gw_norm > 1e-10 * root_phi else 0.0
     coef = (np.full(n, 1.0 / n) + scale * w) / (1 + c**2)
     return torch.from_numpy(coef).to(grads) @ grads, w
+
+
+class ConflictStats:
+    """Gradient conflicts of the steps since `reset(step)`, from each step's Gram matrix.
+
+    A step counts when at least one pair of its tasks both have a non-zero gradient; it conflicts
+    when some pair's cosine is negative (the case PCGrad projects and CAGrad guards against). The
+    mean cosine of a pair is over the steps that measured it (a task that stopped early measures
+    nothing). A step whose Gram matrix is not finite (a NaN gradient) is left out. The cost is
+    O(n^2) scalars per step: the Gram matrix is the one the surgery computes anyway.
+    """
+
+    def __init__(self, tasks: list[str]) -> None:
+        self.tasks = list(tasks)
+        self.reset(0)
+
+    def reset(self, step: int) -> None:
+        self.since = int(step)
+        self.steps = 0
+        self.conflicting = 0
+        self._sums: dict[tuple[str, str], float] = {}
+        self._counts: dict[tuple[str, str], int] = {}
+
+    def add(self, tasks: list[str], G: np.ndarray) -> None:
+        """One step: `G` is the Gram matrix of the gradients of `tasks` (in that order)."""
+        if len(tasks) < 2 or not np.isfinite(G).all():
+            return
+        norms = np.sqrt(np.clip(np.diag(G), 0.0, None))
+        order = {t: k for k, t in enumerate(self.tasks)}
+        measured = conflict = False
+        for i, j in itertools.combinations(range(len(tasks)), 2):
+            if norms[i] > 0 and norms[j] > 0:
+                cosine = float(np.clip(G[i, j] / (norms[i] * norms[j]), -1.0, 1.0))
+                a, b = sorted((tasks[i], tasks[j]), key=lambda t: order.get(t, len(order)))
+                self._sums[a, b] = self._sums.get((a, b), 0.0) + cosine
+                self._counts[a, b] = self._counts.get((a, b), 0) + 1
+                measured, conflict = True, conflict or cosine < 0
+        self.steps += measured
+        self.conflicting += conflict
+
+    def share(self) -> float | None:
+        """The share of the counted steps on which some pair of task gradients conflicted."""
+        return self.conflicting / self.steps if self.steps else None
+
+    def cosines(self) -> dict[str, float]:
+        """`a~b` -> the pair's mean cosine, in task order."""
+        return {f"{a}~{b}": self._sums[a, b] / n for (a, b), n in self._counts.items()}
+
+    def cosines_of(self, task: str) -> dict[str, float]:
+        """The other task -> the mean cosine of its gradient with `task`'s."""
+        return {b if a == task else a: self._sums[a, b] / n for (a, b), n in self._counts.items() if task in (a, b)}
+
+    def matrix(self) -> list[list[float]]:
+        """The mean cosines as a matrix over `tasks` (1 on the diagonal, NaN for a pair never measured)."""
+        out = [[1.0 if i == j else math.nan for j in range(len(self.tasks))] for i in range(len(self.tasks))]
+        index = {t: k for k, t in enumerate(self.tasks)}
+        for (a, b), n in self._counts.items():
+            if a in index and b in index:
+                out[index[a]][index[b]] = out[index[b]][index[a]] = self._sums[a, b] / n
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        """{"since": step, "steps", "conflicting", "share", "cosine": {"a~b": mean}}: plain JSON values."""
+        return {"since": self.since, "steps": self.steps, "conflicting": self.conflicting,
+                "share": self.share(), "cosine": self.cosines()}  # fmt: skip
+
+    def snapshot(self, reset_at: int | None = None) -> ConflictStats:
+        """A copy of this window; with `reset_at` (a step), this one then starts again from that step."""
+        copy = ConflictStats(self.tasks)
+        copy.load_state_dict(self.state_dict())
+        if reset_at is not None:
+            self.reset(reset_at)
+        return copy
+
+    def state_dict(self) -> dict[str, Any]:
+        pairs = [[a, b, self._sums[a, b], n] for (a, b), n in self._counts.items()]
+        return {"since": self.since, "steps": self.steps, "conflicting": self.conflicting, "pairs": pairs}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.reset(int(state["since"]))
+        self.steps, self.conflicting = int(state["steps"]), int(state["conflicting"])
+        for a, b, total, n in state["pairs"]:
+            self._sums[str(a), str(b)], self._counts[str(a), str(b)] = float(total), int(n)

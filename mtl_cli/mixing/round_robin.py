@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from mtl_cli.config import MixingConfig
+from mtl_cli.mixing.sampler import StepCounts
 
 
 class RoundRobinSampler:
@@ -29,6 +30,8 @@ class RoundRobinSampler:
         self._index = int(state["index"])
 
 
-def round_robin_sampler(cfg: MixingConfig, sizes: dict[str, int], seed: int) -> RoundRobinSampler:
-    # Deterministic, so the seed is unused.
+def round_robin_sampler(
+    cfg: MixingConfig, sizes: dict[str, int], seed: int, steps: StepCounts | None
+) -> RoundRobinSampler:
+    # Deterministic and the same at every step, so the seed and the step counts are unused.
     return RoundRobinSampler(list(sizes))
