@@ -688,7 +688,7 @@ def report_command(args: list[str]) -> None:
         return
     opts = parse_key_values(args[1:], {"split": "validation|test"})
     from mtl_cli.errors import MtlError
-    from mtl_cli.report import report_command as run_report
+    from mtl_cli.report_files import report_command as run_report
 
     try:
         run_report(args[0], split=opts.get("split", "validation"))

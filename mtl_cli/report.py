@@ -26,7 +26,8 @@ n=1 on either side: no test). Written into FOLDER, never over an earlier report 
                   "study" (an Optuna sweep only): {"file", "best_value", "best_params", "runs"},
                   "transfer" (a `mtl transfer` folder only): see mtl_cli/report_transfer.py}
     report.png   the metric against each swept key, one panel per task (mtl_cli/report_plots.py)
-    report.html  one self-contained page: tables, plots, curves (mtl_cli/report_html.py)
+    report.html  one self-contained page: tables, plots, curves (mtl_cli/report_html.py; written by
+                 mtl_cli/report_files.py)
 
 An Optuna sweep (hydra/sweeper=optuna) is read like any other: its trials are the job folders; the
 study's best trial (`optimization_results.yaml` in FOLDER, chosen on the validation objective) is
@@ -52,7 +53,6 @@ from mtl_cli.readers import MAX_JSON_BYTES, read_json, read_text, read_yaml
 from mtl_cli.report_transfer import read_transfer, transfer_markdown, transfer_table
 from mtl_cli.rundir import RunDir
 from mtl_cli.tables import rows_to_markdown
-from mtl_cli.writers import json_text, write_texts, write_with, writing
 
 SPLITS = ("validation", "test")  # validation chooses the best configuration; test is reported beside it
 REPORT_EXTS = (".md", ".csv", ".json", ".png", ".html")
@@ -619,40 +619,3 @@ def print_report(report: dict, console: Any = None) -> None:
         console.print(study, markup=False, highlight=False)
     for s in report["skipped"]:
         console.print(f"skipped {s['run']}: {s['reason']}", markup=False, highlight=False)
-
-
-# --- writing ---------------------------------------------------------------------------------
-
-
-def report_paths(folder: Path) -> list[Path]:
-    """report.{md,csv,json,png,html} in `folder`; when any of them exists, report_2.*, report_3.* ..."""
-    n = 1
-    while True:
-        stem = "report" if n == 1 else f"report_{n}"
-        if not any((folder / f"{stem}{ext}").exists() for ext in REPORT_EXTS):
-            return [folder / f"{stem}{ext}" for ext in REPORT_EXTS]
-        n += 1
-
-
-def write_report(folder: Path, report: dict) -> list[Path]:
-    """The report's files (see the module docstring), all or nothing; earlier reports stay."""
-    from mtl_cli.report_html import to_html  # delayed: matplotlib, and only writing needs it
-    from mtl_cli.report_plots import report_png
-
-    paths = report_paths(Path(folder))
-    md, csv_path, js, png, page = paths
-    html_text = to_html(report)  # before anything is written: a failure leaves no file behind
-    # All or nothing: a full disk or a read-only folder is one line and leaves no report half written.
-    with writing(md, *paths):
-        write_texts({md: to_markdown(report), csv_path: to_csv(report), js: json_text(report), page: html_text})
-        write_with(png, lambda tmp: report_png(report, tmp))
-    return paths
-
-
-def report_command(folder: str, split: str = "validation") -> None:
-    """`mtl report FOLDER [split=validation|test]`: build, print and write the sweep report."""
-    path = Path(folder).expanduser()
-    report = build_report(path, split)
-    print_report(report)
-    for written in write_report(path, report):
-        print(f"wrote {written}")

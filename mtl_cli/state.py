@@ -137,7 +137,7 @@ FIELD_CHECKS = {  # field: (check, what it must be)
     "best_score": (_number, "a number"),
     "running_loss": (_mapping(_number), "{task: number}"),
     "batches": (_mapping(_POSITION), '{task: {"epoch": n, "batch": n}}'),
-    "sampler": (_mapping(None, {"rng": _rng_state, "index": _count}), "a mixing sampler's state"),
+    "sampler": (_mapping(None, {"rng": _rng_state, "index": _count, "draws": _count}), "a mixing sampler's state"),
     "task_weights": (_mapping(_number), "{task: number}"),
     "active": (_list(_text), "a list of task names"),
     "callbacks": (

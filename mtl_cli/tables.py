@@ -56,7 +56,7 @@ def table_rows(
         partial = set(partial_metrics(per_task, mains)) if mains is not None else set()
         for row in rows:
             task = row["task"]
-            scored = dict(shown.get(task, {}))
+            scored: dict[str, float | None] = dict(shown.get(task, {}))
             if task != "average" and mains is not None and task in mains and "main" in metrics:
                 scored["main"] = scored.get(mains[task])
             for metric in metrics:

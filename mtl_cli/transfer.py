@@ -253,7 +253,7 @@ def seed_values(report: dict, arm: str, task: str, metric: str) -> list[float]:
     for seed in report["seeds"]:
         run = runs.get(seed, runs.get(str(seed)))
         value = run["results"][task][metric] if run is not None else None
-        if type(value) in (int, float) and math.isfinite(value):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             out.append(float(value))
     return out
 

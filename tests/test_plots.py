@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 from matplotlib.collections import PathCollection
 
@@ -116,17 +117,21 @@ def transfer_report() -> dict:
     }  # fmt: skip
 
 
+def offsets(points: PathCollection) -> list[list[float]]:
+    return np.asarray(points.get_offsets()).tolist()
+
+
 def test_transfer_chart_shows_each_seed_on_an_axis_from_the_data(tmp_path: Path) -> None:
     fig = bar_chart(transfer_report(), tmp_path / "transfer.png")
     assert (tmp_path / "transfer.png").read_bytes()[:4] == b"\x89PNG"
     (ax,) = fig.axes
     low, high = ax.get_ylim()
     assert 0.75 < low < 0.82 and 0.94 < high <= 1.0  # not from 0: a 0.03 difference at 0.9 shows
-    points = [tuple(xy) for c in ax.collections if isinstance(c, PathCollection) for xy in c.get_offsets()]
+    points = [(float(x), float(y)) for c in ax.collections if isinstance(c, PathCollection) for x, y in offsets(c)]
     assert len(points) == 12  # 2 tasks x 3 seeds x (single, multi)
     assert sorted(round(y, 2) for x, y in points if x < 0) == [0.9, 0.91, 0.92]  # task a, single (left of 0)
     assert sorted(round(y, 2) for x, y in points if 1 < x) == [0.82, 0.83, 0.84]  # task b, multi (right of 1)
     # Read back from transfer.json the seeds are strings: the same points.
     report = json.loads(json.dumps(transfer_report()))
     again = bar_chart(report, tmp_path / "again.png")
-    assert sum(len(c.get_offsets()) for c in again.axes[0].collections if isinstance(c, PathCollection)) == 12
+    assert sum(len(offsets(c)) for c in again.axes[0].collections if isinstance(c, PathCollection)) == 12

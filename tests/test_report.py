@@ -14,7 +14,8 @@ import yaml
 from scipy import stats
 
 from mtl_cli.errors import MtlError
-from mtl_cli.report import build_report, flatten, parse_overrides, print_report, report_command, write_report
+from mtl_cli.report import build_report, flatten, parse_overrides, print_report
+from mtl_cli.report_files import report_command, write_report
 from tests.conftest import TINY_RUN
 
 A, B = "a", "b"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -23,13 +24,16 @@ CHECKPOINT = {
 RUN_FILES = {
     "config.yaml", "overrides.yaml", "train.log", "data_check.json", "parameters.json",
     "metrics.jsonl", "metrics.md", "metrics.csv", "results.json", "curves.png", "timing.json",
+    "train_metrics.jsonl", "tensorboard/events.out.tfevents",
 }  # fmt: skip
 TASKS = ["restaurants", "electronics"]
 
 
 def file_set(run: Path) -> set[str]:
-    # The tokenizer's file names depend on the transformers version; the rest is exact.
-    return {str(p.relative_to(run)) for p in run.rglob("*") if p.is_file() and "/tokenizer/" not in str(p)}
+    # The tokenizer's file names depend on the transformers version, an event file's name holds the
+    # time, host and process id; the rest is exact.
+    names = {str(p.relative_to(run)) for p in run.rglob("*") if p.is_file() and "/tokenizer/" not in str(p)}
+    return {re.sub(r"(events\.out\.tfevents)\..*", r"\1", n) for n in names}
 
 
 @pytest.fixture(scope="module")

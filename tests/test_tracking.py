@@ -108,6 +108,10 @@ def test_tensorboard_events_hold_every_tag_at_its_steps(tracked) -> None:
     for tag in validation:
         assert steps(acc, tag) == [4, 8], tag
     assert steps(acc, "affinity/cosine/restaurants~electronics") == [4, 8]
+    results = json.loads((run / "results.json").read_text())
+    assert [(e.step, e.value) for e in acc.Scalars("test/average/main")] == [
+        (8, pytest.approx(results["average"]["main"]))
+    ]
     assert "affinity/cosine/electronics~restaurants" not in tags  # symmetric: each pair once
     assert any(t.startswith("affinity/cosine") for t in acc.Tags()["tensors"])  # the matrix, as a text table
     lrs = {r["step"]: r["lr"] for r in records(run)}
@@ -128,6 +132,7 @@ def test_mlflow_run_holds_params_metrics_artifacts_and_finished(tracked) -> None
     assert history(client, found, "train/lr") == [2, 4, 6, 8]
     assert history(client, found, "validation/average/main") == [4, 8]
     assert history(client, found, "affinity/cosine/restaurants_vs_electronics") == [4, 8]
+    assert history(client, found, "test/electronics/accuracy") == [8]
     lrs = [m.value for m in sorted(client.get_metric_history(found.info.run_id, "train/lr"), key=lambda m: m.step)]
     assert lrs == pytest.approx([r["lr"] for r in records(run)])
     artifacts = {a.path for a in client.list_artifacts(found.info.run_id)}

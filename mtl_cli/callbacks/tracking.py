@@ -13,6 +13,7 @@ Every tracker gets the same scalars, each with its step:
     train/loss/<task>, train/lr, train/grad_norm, train/examples_per_second,      every log_every steps
       train/tokens_per_second, train/epoch, train/task_weight/<task>, train/sampling/<task>
     validation/<task>/<metric>, validation/average/<metric>                        every evaluation
+    test/<task>/<metric>, test/average/<metric>   at the end: the best checkpoint's (results.json), at the last step
     gates/<task>/expert_<i>   (sharing=mmoe: the mean gate weight since the last evaluation)
     affinity/<kind>/<a>~<b>   (every affinity measurement: cosine, and lookahead: a's step on b's loss)
 
@@ -27,6 +28,7 @@ from typing import Any
 
 from mtl_cli.callbacks import Callback
 from mtl_cli.callbacks.affinity import AffinityProbe
+from mtl_cli.readers import read_json
 from mtl_cli.writers import append_jsonl
 
 
@@ -146,6 +148,15 @@ class Tracking(Callback):
 
     def on_finish(self, parts: Any, state: Any) -> None:
         self.start(parts, state.step + 1)  # a resume that only had the final scoring left
+        results = read_json(parts.run.results) if parts.run.results.is_file() else {}  # the best checkpoint's, on test
+        values = {
+            f"test/{task}/{metric}": float(v)
+            for task, metrics in results.items()
+            if isinstance(metrics, dict)
+            for metric, v in metrics.items()
+            if number(v)
+        }
+        self.log(state.step, values, "test")
         for tracker in self.trackers:
             tracker.finish(parts)
 
