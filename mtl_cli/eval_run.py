@@ -15,10 +15,10 @@ from mtl_cli.checkpoints import rebuild_model
 from mtl_cli.config import is_extra_test
 from mtl_cli.device import setup_torch, use_bf16
 from mtl_cli.errors import MtlError
-from mtl_cli.evaluate import Evaluator
+from mtl_cli.evaluate import Evaluator, main_metrics
 from mtl_cli.fingerprints import changed_splits
 from mtl_cli.rundir import RunDir
-from mtl_cli.tables import print_table, table_rows, write_table
+from mtl_cli.tables import average_note, print_table, table_rows, write_table
 from mtl_cli.tasks import load_tasks
 from mtl_cli.tokenization import tokenize_tasks
 from mtl_cli.trained import check_tasks, locate, run_path
@@ -95,7 +95,8 @@ def _evaluate(
         use_bf16(cfg.trainer.precision, device),
     )  # fmt: skip
     results = evaluator(split)
-    rows = table_rows({split: results}, {n: {"examples": len(data[split][n]["input_ids"])} for n in loaded})
+    mains = main_metrics(evaluator.type_names)
+    rows = table_rows({split: results}, {n: {"examples": len(data[split][n]["input_ids"])} for n in loaded}, mains)
     clean = {task: {m: v for m, v in metrics.items() if m != "loss"} for task, metrics in results.items()}
     name = found.name
     print_table(rows, f"{ckpt} on {split}", [split])
@@ -110,7 +111,8 @@ def _evaluate(
         # The three files all or nothing; a folder this evaluation made goes again with them.
         with writing(out.eval_dir, *([out.eval_dir.rmdir] if made else [])):
             out.eval_dir.mkdir(exist_ok=True)
-            write_table(md, rows, header, also={md.with_suffix(".json"): json_text(clean)})
+            write_table(md, rows, header, also={md.with_suffix(".json"): json_text(clean)},
+                        note=average_note({split: results}, mains))  # fmt: skip
     except WriteError as err:
         raise MtlError(f"evaluated (table above) but could not write {err.path} ({err.reason}); {err.fix}") from None
     print(f"wrote {md}")

@@ -137,7 +137,8 @@ def finish_step(parts: Any, step: StepResult, began: float) -> StepResult:
         max_norm = parts.cfg.trainer.max_grad_norm
         # Without clipping (max_grad_norm <= 0) the norm is still measured, for the trackers: an inf limit clips nothing.
         norm = step.grad_norm = float(clip_grad_norm_(parts.model.parameters(), max_norm if max_norm > 0 else math.inf))
-        if max_norm > 0 and not math.isfinite(norm) and scaler is None:  # with a scaler: its step skips it, and scales down
+        # With a scaler a non-finite norm is the scaler's business: its step skips the update and scales down.
+        if max_norm > 0 and not math.isfinite(norm) and scaler is None:
             step.problem = f"gradient norm of task(s) {'+'.join(step.losses)} is {norm}"
     if step.problem is None and scaler is not None:
         scaler.step(parts.optimizer)

@@ -171,6 +171,7 @@ def print_table(rows: list[dict], title: str, splits: list[str] | None = None) -
     from rich.table import Table
 
     table = Table(title=title)
+    rows = _for_people(rows)
     cols = list(rows[0])
     # Longest first: test_flores_chrf is split test_flores, not test with a metric flores_chrf.
     prefixes = sorted(splits or SPLIT_NAMES, key=len, reverse=True)
@@ -180,15 +181,15 @@ def print_table(rows: list[dict], title: str, splits: list[str] | None = None) -
     metric_cols = [c for c in cols if c in split_of]
     if len([c for c in metric_cols if not c.endswith("_main")]) <= 6:
         cols = [c for c in cols if not c.endswith("_main")]  # equals accuracy when all tasks classify
-        for col in cols:
-            table.add_column(_short(col), justify="left" if col == "task" else "right")
+        for col in cols:  # fold, never cut: a narrow terminal wraps a task name instead of ending it in "…"
+            table.add_column(_short(col), justify="left" if col == "task" else "right", overflow="fold")
         for row in rows:
             table.add_row(*[_fmt(row.get(c)) for c in cols], style="bold" if row["task"] == "average" else None)
     else:  # mixed task types: a long table stays readable where a wide one would not
         info = [c for c in cols if c not in metric_cols]
         metrics = list(dict.fromkeys(c[len(split_of[c]) + 1 :] for c in metric_cols))
         for col in [*info, "metric", *splits]:
-            table.add_column(_short(col), justify="left" if col in ("task", "metric") else "right")
+            table.add_column(_short(col), justify="left" if col in ("task", "metric") else "right", overflow="fold")
         for row in rows:
             first = True
             for m in metrics:

@@ -7,7 +7,8 @@
 
 One explicit loop: every step the mixing sampler picks a task, that task's next batch goes
 through the shared encoder and its own head, and the optimizer steps on that loss. Optional
-features (affinity, early stopping, timing, diagnostics, the non-finite guard) are callbacks.
+features (affinity, early stopping, timing, diagnostics, the non-finite guard, the forgetting
+monitor, tracking: train_metrics.jsonl, TensorBoard, MLflow) are callbacks.
 """
 
 from __future__ import annotations

@@ -193,7 +193,13 @@ def test_p_values_are_welch_over_seeds(tmp_path: Path) -> None:
     assert "| 1.0 | 3 |" in md and "| best |  |" in md
 
 
-def test_files_written_and_never_overwritten(sweep: Path, capsys: pytest.CaptureFixture) -> None:
+@pytest.fixture
+def wide_console(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pipe's console width (120), whatever COLUMNS the test runner sets (pytest-xdist's workers: 80)."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+
+
+def test_files_written_and_never_overwritten(sweep: Path, capsys: pytest.CaptureFixture, wide_console: None) -> None:
     report_command(str(sweep))
     out = capsys.readouterr().out
     assert "mixing.temperature=2.0 n=2 best" in out and "skipped 2026-11-26/10-00-00/6_a+b" in out
@@ -231,7 +237,9 @@ def test_files_written_and_never_overwritten(sweep: Path, capsys: pytest.Capture
     assert len(build_report(sweep)["runs"]) == 6
 
 
-def test_split_chooses_only_what_the_console_shows_first(sweep: Path, capsys: pytest.CaptureFixture) -> None:
+def test_split_chooses_only_what_the_console_shows_first(
+    sweep: Path, capsys: pytest.CaptureFixture, wide_console: None
+) -> None:
     first = build_report(sweep, split="test")
     second = build_report(sweep, split="validation")
     assert {k: v for k, v in first.items() if k != "split"} == {k: v for k, v in second.items() if k != "split"}

@@ -138,10 +138,17 @@ class Tracking(Callback):
             for metric, v in metrics.items()
             if number(v)
         }
-        for task, rec in ev.records.items():  # the diagnostics put MMoE's gate means there
+        for task, rec in ev.records.items():  # the diagnostics put MMoE's gates and PCGrad/CAGrad's conflicts there
             for i, g in enumerate(rec.get("gates") or []):
                 if number(g):
                     values[f"gates/{task}/expert_{i}"] = float(g)
+            if number(rec.get("conflict_share")):
+                values["conflicts/share_of_steps"] = float(rec["conflict_share"])
+            for other, cosine in (rec.get("conflict_cosine") or {}).items():
+                if number(cosine) and task < other:  # each pair once
+                    values[f"conflicts/cosine/{task}~{other}"] = float(cosine)
+            if rec.get("forgetting") is True or rec.get("forgetting") is False:
+                values[f"forgetting/{task}"] = float(rec["forgetting"])
         self.log(ev.step, values, "validation")
         for tracker in self.trackers:
             tracker.flush()
