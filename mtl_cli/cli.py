@@ -5,7 +5,7 @@
     mtl predict RUN_DIR input=FILE [tasks=a+b] [out=FILE]   label new data with a trained run
     mtl export RUN_DIR task=NAME out=DIR [format=auto]      one task as a standalone model (hf, onnx)
     mtl transfer [overrides] [seeds=[..]] single-task baselines vs the multi-task run
-    mtl report FOLDER                    one table and plot across the runs under FOLDER
+    mtl report FOLDER                    the runs under FOLDER by configuration (seeds averaged), report.html
     mtl data check [overrides]           counts, labels, empty/over-long texts, duplicates, leakage
     mtl tasks [--config-dir DIR]         the task configs: built-in, and DIR's own
 

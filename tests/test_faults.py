@@ -340,6 +340,8 @@ def test_a_signal_in_every_phase(phase: str, stopped_run: Path, tmp_path: Path, 
     (run,) = run_dirs(root)
     assert f"mtl train resume={run}" in lines[0] and not (run / "results.json").exists()
     assert checkpoint_problem(run / "checkpoints" / "last") is None
+    log = (run / "train.log").read_text()  # a stop asked for is a warning, not a failed run
+    assert " ERROR " not in log and "run failed" not in log and f" WARNING {sig.name}" in log, log[-2000:]
     if remains == "scored":  # nothing lost: the resumed run only scores and writes the results
         proc = mtl("train", f"resume={run}", cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
