@@ -113,7 +113,11 @@ def describe_hydra_error(err: Exception, extra_dirs: list[str]) -> str:
     merging = re.search(r"Error merging override (\S+)", text)
     if merging and cause is not None:
         detail = first_line(cause)
-        return f"bad value in override `{merging.group(1)}`: {detail}"
+        override = merging.group(1)
+        if "is not a ListConfig" in detail and "=" in override:  # key=value where the key holds a list
+            key, _, value = override.partition("=")
+            detail = detail.rstrip(".") + f"; this key takes a list: {key}=[{value}]"
+        return f"bad value in override `{override}`: {detail}"
     # not "sweep" alone: hydra.sweeper.* keys name it too
     if re.search(r"ambiguous|sweep parameters|requires --multirun", text, re.IGNORECASE):
         return f"{first_line(err)}; a sweep (a=1,2) needs -m: mtl train -m ..."

@@ -186,3 +186,11 @@ def test_tasks_command_refuses_a_bad_argument(args: list[str], capsys) -> None:
     assert info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("mtl: error: ") and "\n" not in err
+
+
+def test_a_list_key_given_one_value_says_how_to_write_the_list() -> None:
+    with pytest.raises(MtlError) as err:
+        to_typed(compose_config(["trainer.loggers=mlflow"]))
+    assert str(err.value).endswith("this key takes a list: trainer.loggers=[mlflow]")
+    assert to_typed(compose_config(["trainer.loggers=[mlflow]"])).trainer.loggers == ["mlflow"]
+    assert to_typed(compose_config(["trainer.loggers=[]"])).trainer.loggers == []
