@@ -40,7 +40,8 @@ def browser() -> tuple[str | None, str | None, str | None]:
 
 
 CHROMIUM, CHROMEDRIVER, MISSING = browser()
-pytestmark = pytest.mark.skipif(MISSING is not None, reason=f"no browser test: {MISSING}")
+# Slow: a real sweep and a browser (about a minute); CI runs it with the other slow tests.
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(MISSING is not None, reason=f"no browser test: {MISSING}")]
 
 
 def mtl(*args: str, cwd: Path) -> None:
