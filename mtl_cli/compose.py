@@ -115,8 +115,8 @@ def describe_hydra_error(err: Exception, extra_dirs: list[str]) -> str:
         detail = first_line(cause)
         override = merging.group(1)
         if "is not a ListConfig" in detail and "=" in override:  # key=value where the key holds a list
-            key, _, value = override.partition("=")
-            detail = detail.rstrip(".") + f"; this key takes a list: {key}=[{value}]"
+            listed, _, value = override.partition("=")
+            detail = detail.rstrip(".") + f"; this key takes a list: {listed}=[{value}]"
         return f"bad value in override `{override}`: {detail}"
     # not "sweep" alone: hydra.sweeper.* keys name it too
     if re.search(r"ambiguous|sweep parameters|requires --multirun", text, re.IGNORECASE):
