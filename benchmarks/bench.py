@@ -64,9 +64,12 @@ from rich.console import Console
 from rich.table import Table
 
 REPO = Path(__file__).resolve().parents[1]
-# mtl_fp32: mtl with trainer.precision=fp32, to show what length grouping alone gives at the
-# baselines' precision (mtl's default, precision=auto, is bf16 autocast where the CPU has bf16 units).
-METHODS = ("mtl", "mtl_fp32", "loop", "trainer")
+# mtl_fp32: mtl with trainer.precision=fp32 (run only where mtl's default, precision=auto, is bf16:
+# on CPUs with bf16 units). mtl_frozen: mtl with FROZEN, a setting that trains less of the model.
+# *_best: the peers as a competent user configures them (bench_workers.Peer).
+METHODS = ("mtl", "mtl_fp32", "mtl_frozen", "loop", "trainer", "loop_best", "trainer_best")
+PEERS_BEST = ("loop_best", "trainer_best")
+FROZEN = ["encoder.freeze_layers=2"]
 DEFAULT_STEPS, QUICK_STEPS = 16, 5
 # Per task and split, so mtl's evaluations (validation at the last step, then validation and test
 # of the best checkpoint) stay a small part of the benchmark; eval examples/s is measured on them.
@@ -91,6 +94,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", default="bench.json")
     # The peak is that of large multiplies; a smaller size measures a lower one, in less time.
     parser.add_argument("--gemm-size", type=int, default=2048, help="side of the square GEMMs that measure the peak")
+    parser.add_argument(
+        "--peer-precision", choices=["auto", "fp32", "bf16"], default="auto",
+        help="the best-configured peers' precision; auto: bf16 where the CPU has bf16 units, as mtl's default",
+    )  # fmt: skip
     parser.add_argument("--worker", choices=[*METHODS, "gemm"], help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)  # the worker's mtl overrides
     args = parser.parse_args(argv)
@@ -106,28 +113,34 @@ def fail(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    bf16_units = cpu_has_bf16()
+    peer_bf16 = args.peer_precision == "bf16" or (args.peer_precision == "auto" and bf16_units)
     if args.worker:
         from bench_workers import run_worker
 
-        print(json.dumps(run_worker(args.worker, args.overrides, args.threads, args.gemm_size)))
+        result = run_worker(args.worker, args.overrides, args.threads, args.gemm_size, peer_bf16=peer_bf16)
+        print(json.dumps(result))
         return
     check_data(Path(args.data_root), args.domains)
+    # Without bf16 units mtl's default is fp32 already: mtl_fp32 would be the same run again.
+    methods = [m for m in METHODS if m != "mtl_fp32" or bf16_units]
     load_before = os.getloadavg()[0]  # other work on the machine skews every figure: recorded
     with tempfile.TemporaryDirectory(prefix="mtl-bench-") as tmp:
         peak = spawn_worker("gemm", args.threads, [], ["--gemm-size", str(args.gemm_size)])
-        runs: dict[str, list[dict]] = {m: [] for m in METHODS}
+        runs: dict[str, list[dict]] = {m: [] for m in methods}
         for r in range(args.repeats):
             # A seed per round (mtl's default 42 first), so that the rounds draw different batches.
             overrides = mtl_overrides(args, args.steps, Path(tmp) / "runs", seed=42 + r)
-            for method in METHODS:
+            for method in methods:
                 began = time.perf_counter()
-                extra = ["trainer.precision=fp32"] if method == "mtl_fp32" else []
-                runs[method].append(spawn_worker(method, args.threads, overrides + extra))
+                extra = {"mtl_fp32": ["trainer.precision=fp32"], "mtl_frozen": FROZEN}.get(method, [])
+                flags = ["--peer-precision", args.peer_precision]
+                runs[method].append(spawn_worker(method, args.threads, overrides + extra, flags))
                 rate = rates(runs[method][-1])["train_examples_per_second"]
                 console.print(f"round {r + 1}/{args.repeats} {method}: {rate:.2f} examples/s "
                               f"({time.perf_counter() - began:.0f} s)")  # fmt: skip
         startup = measure_startup(args, Path(tmp))
-    report = summarize(args, runs, peak, startup)
+    report = summarize(args, runs, peak, startup, peer_bf16, bf16_units)
     report["settings"]["load_average_1min"] = {"before": load_before, "after": os.getloadavg()[0]}
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print_report(report)
@@ -226,13 +239,25 @@ def model_flops(run: dict) -> float:
     return dense + attention
 
 
-def summarize(args: argparse.Namespace, runs: dict[str, list[dict]], peak: dict, startup: dict) -> dict:
+def cpu_has_bf16() -> bool:
+    """As mtl's precision=auto decides (mtl_cli.device.bf16_supported), without importing torch."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def summarize(
+    args: argparse.Namespace, runs: dict[str, list[dict]], peak: dict, startup: dict, peer_bf16: bool, bf16_units: bool
+) -> dict:
     def median(values) -> float:
         return statistics.median(list(values))
 
     trainer_config = [r.pop("trainer_config") for r in runs["mtl"]][0]  # the same in every run
-    for r in runs["mtl_fp32"]:
-        r.pop("trainer_config")
+    for method in ("mtl_fp32", "mtl_frozen"):
+        for r in runs.get(method, []):
+            r.pop("trainer_config")
     methods: dict[str, dict[str, Any]] = {}
     for method, method_runs in runs.items():
         per_run = [rates(r) for r in method_runs]
@@ -242,6 +267,13 @@ def summarize(args: argparse.Namespace, runs: dict[str, list[dict]], peak: dict,
         methods[method]["runs"] = method_runs
     mtl_rate = methods["mtl"]["train_examples_per_second"]
     mtl_tokens = methods["mtl"]["real_tokens_per_second"]
+    ratios = {}
+    for method in methods:
+        if method != "mtl":
+            ratios[f"mtl_over_{method}"] = mtl_rate / methods[method]["train_examples_per_second"]
+            ratios[f"mtl_over_{method}_real_tokens"] = mtl_tokens / methods[method]["real_tokens_per_second"]
+    # The headline: mtl's defaults against the faster of the best-configured peers, in real tokens/s.
+    fastest_peer = max(PEERS_BEST, key=lambda m: methods[m]["real_tokens_per_second"])
     flops = median(model_flops(r) / r["train_seconds"] for r in runs["mtl"])
     eval_rate = median(r["eval_examples_per_second"] for r in runs["mtl"])
     first = runs["mtl"][0]
@@ -261,15 +293,17 @@ def summarize(args: argparse.Namespace, runs: dict[str, list[dict]], peak: dict,
             "python": platform.python_version(),
             "cpu": cpu_model(),
             "cpu_count": os.cpu_count(),
-            "optimizer": "torch.optim.AdamW(fused=True) in all three (Trainer: optim=adamw_torch_fused)",
+            "optimizer": "torch.optim.AdamW(fused=True) in every method (Trainer: optim=adamw_torch_fused)",
+            "cpu_bf16_units": bf16_units,
+            "best_peers_precision": "bf16 autocast" if peer_bf16 else "fp32",
+            "mtl_frozen_overrides": FROZEN,
             "mtl_trainer_config": trainer_config,
         },
         "methods": methods,
-        "ratios": {
-            "mtl_over_loop": mtl_rate / methods["loop"]["train_examples_per_second"],
-            "mtl_over_trainer": mtl_rate / methods["trainer"]["train_examples_per_second"],
-            "mtl_over_loop_real_tokens": mtl_tokens / methods["loop"]["real_tokens_per_second"],
-            "mtl_over_trainer_real_tokens": mtl_tokens / methods["trainer"]["real_tokens_per_second"],
+        "ratios": ratios,
+        "headline": {
+            "fastest_best_configured_peer": fastest_peer,
+            "mtl_over_it_real_tokens": ratios[f"mtl_over_{fastest_peer}_real_tokens"],
         },
         "mtl": {
             "model_flops_per_second": flops,
@@ -315,6 +349,12 @@ def print_report(report: dict) -> None:
             f"{mtl['real_tokens_per_second'] / r['real_tokens_per_second']:.2f}",
         )  # fmt: skip
     console.print(table)
+    h = report["headline"]
+    console.print(
+        f"[bold]headline: mtl (defaults) = {h['mtl_over_it_real_tokens']:.2f}x the real tokens/s of the fastest "
+        f"best-configured peer ({h['fastest_best_configured_peer']}: {s['best_peers_precision']}, length grouping, "
+        "mtl's encoder config overrides)[/bold]"
+    )
     peak = report["peak"]
     console.print(
         f"mtl model FLOP/s: {m['model_flops_per_second'] / 1e9:.1f} G, {100 * m['fraction_of_fp32_peak']:.1f}% of "

@@ -215,6 +215,11 @@ class EncoderConfig:
     # dropout for a pretrained one (attention_probs_dropout_prob=0 lets torch use fused attention).
     config_overrides: dict[str, Any] = field(default_factory=dict)
     trust_remote_code: bool = False
+    # Train less of the encoder, for speed: the input embeddings stay as loaded (their gradient and
+    # optimizer update are skipped), and with `freeze_layers=N` the bottom N layers too, whose
+    # backward pass is then skipped altogether. The speed and accuracy cost are in the README (Speed).
+    freeze_embeddings: bool = False
+    freeze_layers: int = 0
 
 
 @dataclass

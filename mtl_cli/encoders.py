@@ -61,7 +61,33 @@ def load_encoder(cfg: EncoderConfig) -> tuple[Any, Any]:
         raise MtlError(
             f"could not load encoder '{cfg.name_or_path}' ({first}); check encoder.name_or_path or use encoder=minilm"
         ) from None
-    return drop_pooler(model), tokenizer
+    return freeze(drop_pooler(model), cfg), tokenizer
+
+
+def freeze(model: Any, cfg: EncoderConfig) -> Any:
+    """Turn off the gradient of the input embeddings (and of the bottom `freeze_layers` layers).
+
+    Frozen weights stay as loaded; checkpoints leave them out and `mtl eval` reloads them from the
+    encoder's source (base_encoder.json), as for a frozen adapter base. With every parameter below
+    layer N frozen, autograd stops there: the backward pass of those layers is not computed."""
+    if not (cfg.freeze_embeddings or cfg.freeze_layers):
+        return model
+    from mtl_cli.sharing.partial import find_layer_path, get_path
+
+    model.get_input_embeddings().weight.requires_grad_(False)
+    embeddings = getattr(model, "embeddings", None)  # BERT-like: position and type embeddings, LayerNorm
+    if embeddings is not None:
+        embeddings.requires_grad_(False)
+    if cfg.freeze_layers:
+        layers = get_path(model, find_layer_path(model))
+        if cfg.freeze_layers > len(layers):
+            raise MtlError(
+                f"`encoder.freeze_layers={cfg.freeze_layers}` but {type(model).__name__} has {len(layers)} layers; "
+                f"use 0 to {len(layers)}"
+            )
+        for layer in layers[: cfg.freeze_layers]:
+            layer.requires_grad_(False)
+    return model
 
 
 def shared_encoder(seq2seq: Any, tokenizer: Any) -> Any:

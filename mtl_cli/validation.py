@@ -59,6 +59,7 @@ def validate(cfg: MtlConfig) -> None:
     validate_numbers(cfg)
     validate_tasks(cfg)
     validate_sharing(cfg)
+    validate_freezing(cfg)
     mixing.check_config(cfg.mixing, list(cfg.task))
     validate_loss_weighting(cfg)
     validate_trainer(cfg)
@@ -182,6 +183,29 @@ def validate_sharing(cfg: MtlConfig) -> None:
         raise MtlError(
             "`sharing.shared_layers` must be >= 0 and `sharing.lora_r`, `.num_experts`, `.expert_hidden` positive"
         )
+
+
+def validate_freezing(cfg: MtlConfig) -> None:
+    e = cfg.encoder
+    if e.freeze_layers < 0:
+        raise MtlError(f"`encoder.freeze_layers` must be 0 (train every layer) or more; got {e.freeze_layers}")
+    if not (e.freeze_embeddings or e.freeze_layers):
+        return
+    key = "encoder.freeze_layers" if e.freeze_layers else "encoder.freeze_embeddings"
+    if cfg.sharing.name == "adapters":
+        raise MtlError(
+            f"`{key}` with sharing=adapters: the adapters' base is frozen already (sharing.train_encoder=false) "
+            f"or trained whole (true); drop `{key}`"
+        )
+    for name, task in cfg.task.items():
+        why = {
+            "mlm": "its output layer is tied to the input embeddings",
+            "seq2seq": "its decoder shares the input embeddings",
+        }.get(task.type)
+        if task.task_marker == "prefix":
+            why = "its task-marker token's embedding would never train"
+        if why:
+            raise MtlError(f"`{key}` cannot be used with task '{name}': {why}; drop `{key}`")
 
 
 def validate_loss_weighting(cfg: MtlConfig) -> None:

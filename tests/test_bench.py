@@ -35,7 +35,10 @@ def test_quick_benchmark_writes_every_figure(tmp_path: Path) -> None:
     assert s["domains"] == ["books", "dvd"] and s["threads"] == 1
     assert s["torch"] and s["cpu"] and s["mtl_trainer_config"]["max_steps"] == 3
     methods = report["methods"]
-    assert set(methods) == {"mtl", "mtl_fp32", "loop", "trainer"}
+    # mtl_fp32 only where mtl's default precision is bf16 (CPUs with bf16 units)
+    peers = {"loop", "trainer", "loop_best", "trainer_best"}
+    assert set(methods) == {"mtl", "mtl_frozen", *peers} | ({"mtl_fp32"} if s["cpu_bf16_units"] else set())
+    assert s["best_peers_precision"] == ("bf16 autocast" if s["cpu_bf16_units"] else "fp32")
     for name, m in methods.items():
         assert m["train_examples_per_second"] > 0, name
         assert m["real_tokens_per_second"] > m["train_examples_per_second"], name  # several tokens per example
@@ -48,13 +51,19 @@ def test_quick_benchmark_writes_every_figure(tmp_path: Path) -> None:
         assert run["threads"] == s["threads"] and run["load_average_1min"] >= 0, name
     ratios = report["ratios"]
     mtl_rate = methods["mtl"]["train_examples_per_second"]
-    assert ratios["mtl_over_loop"] == pytest.approx(mtl_rate / methods["loop"]["train_examples_per_second"])
-    assert ratios["mtl_over_trainer"] == pytest.approx(mtl_rate / methods["trainer"]["train_examples_per_second"])
     mtl_tokens = methods["mtl"]["real_tokens_per_second"]
-    assert ratios["mtl_over_loop_real_tokens"] == pytest.approx(mtl_tokens / methods["loop"]["real_tokens_per_second"])
-    assert ratios["mtl_over_trainer_real_tokens"] == pytest.approx(
-        mtl_tokens / methods["trainer"]["real_tokens_per_second"]
-    )
+    for name in set(methods) - {"mtl"}:
+        assert ratios[f"mtl_over_{name}"] == pytest.approx(mtl_rate / methods[name]["train_examples_per_second"])
+        assert ratios[f"mtl_over_{name}_real_tokens"] == pytest.approx(
+            mtl_tokens / methods[name]["real_tokens_per_second"]
+        )
+    # length grouping: the best-configured peers pad far less than the ones as users write them
+    for name in ("loop", "trainer"):
+        assert methods[f"{name}_best"]["real_token_fraction"] > methods[name]["real_token_fraction"], name
+    headline = report["headline"]
+    fastest = max(("loop_best", "trainer_best"), key=lambda m: methods[m]["real_tokens_per_second"])
+    assert headline["fastest_best_configured_peer"] == fastest
+    assert headline["mtl_over_it_real_tokens"] == ratios[f"mtl_over_{fastest}_real_tokens"]
 
     mtl = report["mtl"]
     peak = report["peak"]
