@@ -82,6 +82,10 @@ def test_a_frozen_run_trains_only_the_rest_and_eval_rebuilds_it(tmp_path: Path, 
     trained = json.loads((run / "results.json").read_text())
     for task in trained:
         assert evaluated[task] == pytest.approx(trained[task], abs=1e-9), task
+    (tmp_path / "new.txt").write_text("great food\nawful service\n", encoding="utf-8")
+    proc = mtl("predict", str(run), "input=new.txt", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert [json.loads(line)["text"] for line in proc.stdout.splitlines()] == ["great food", "awful service"]
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import ast
 import importlib
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 import mtl_cli
 
@@ -80,3 +84,24 @@ def test_mtl_cli_has_no_import_cycles() -> None:
 def test_the_cycle_finder_finds_cycles() -> None:
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+# What `mtl --help` and every command's `--help` may not load: each costs a second or more of
+# start-up. (A regression test of the import graph, not of timings.)
+HEAVY = ("torch", "transformers", "datasets", "sklearn", "matplotlib", "tensorboard", "mlflow", "peft", "numpy")
+
+
+@pytest.mark.parametrize("argv", [[], ["--help"], ["eval", "--help"], ["predict", "--help"], ["export", "--help"]])
+def test_the_cli_and_its_help_import_no_heavy_library(argv: list[str]) -> None:
+    script = (
+        "import sys\n"
+        "from mtl_cli.cli import main\n"
+        "try:\n"
+        f"    main({argv!r})\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=PACKAGE.parent)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout[-500:]
