@@ -41,7 +41,7 @@ lint: install ## ruff (lint and format check, no rewrite) and mypy
 
 check: lint test-all ## lint + types + the whole suite, as CI runs them
 
-bench: install ## throughput: mtl vs a hand-written loop vs HF Trainer (MiniLM, FDU-MTL; ~10 min), writes bench.json
+bench: install ## throughput: mtl vs a hand-written loop and HF Trainer, as written and best configured (MiniLM, FDU-MTL; ~40 min on 2 AVX2 cores), writes bench.json
 	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
 
 clean: ## remove .venv and caches (runs/ is kept)

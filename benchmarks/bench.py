@@ -6,14 +6,19 @@
 
 The same encoder is trained on the same examples (mtl's own loaders), with the same batch size,
 max length, AdamW settings (mtl's lr, weight decay, linear warmup, clipping at 1.0), number of
-steps and torch threads, three ways:
+steps and torch threads:
 
-  mtl      `train(cfg)` in-process with mtl's default settings (hard sharing, proportional mixing,
-           one head per domain); its figures are its own `timing.json`.
-  loop     a hand-written loop: a random domain, a random batch of it, tokenized with
-           padding="longest" inside the step, mean pooling, one linear head per domain.
-  trainer  transformers' Trainer + DataCollatorWithPadding, the domains pooled into one task,
-           pre-tokenized with `datasets.map` (no padding); its time is `train_runtime`.
+  mtl           `train(cfg)` in-process with mtl's default settings (hard sharing, proportional mixing,
+                one head per domain); its figures are its own `timing.json`.
+  mtl_fp32      mtl with trainer.precision=fp32; only on CPUs with bf16 units (elsewhere mtl's default is fp32).
+  mtl_frozen    mtl with FROZEN (encoder.freeze_layers=2): a setting that trains less of the model.
+  loop          a hand-written loop as users write it: a random domain, a random batch of it, tokenized
+                with padding="longest" inside the step, mean pooling, one linear head per domain, fp32.
+  trainer       transformers' Trainer + DataCollatorWithPadding as users write it, the domains pooled into
+                one task, pre-tokenized with `datasets.map` (no padding), fp32; its time is `train_runtime`.
+  loop_best, trainer_best
+                the same, best configured (bench_workers.Peer): length-grouped batches, mtl's encoder config
+                overrides, bf16 autocast where the CPU has bf16 units (--peer-precision to force one).
 
 Each method runs in its own process (`bench.py --worker NAME`), interleaved A B C A B C for
 `--repeats` rounds, round r with seed 42 + r; the figures are medians over the rounds. Other work
@@ -27,8 +32,9 @@ machine was otherwise idle). bench.json (`--out`) holds:
                                         steps it differs between methods (mtl's length-grouped
                                         batches are all-short or all-long), so compare real tokens/s
   methods.*.peak_rss_mb                 peak resident memory of that method's process
-  ratios.mtl_over_loop, mtl_over_trainer  mtl's training examples/s divided by the other's
-  ratios.*_real_tokens                  the same for real tokens/s
+  ratios.mtl_over_<method>              mtl's training examples/s divided by the other's
+  ratios.mtl_over_<method>_real_tokens  the same for real tokens/s
+  headline                              the faster best-configured peer (real tokens/s) and mtl's ratio to it
   mtl.model_flops_per_second            training FLOPs mtl achieves:
                                           6 * N * P + 12 * L * d * s * P   per run, / train_seconds
                                         N non-embedding encoder parameters, P processed tokens, L layers,
@@ -36,7 +42,8 @@ machine was otherwise idle). bench.json (`--out`) holds:
                                         second term is attention's QK^T and AV, forward and backward)
   mtl.fraction_of_fp32_peak (and _bf16_)  that rate / the measured GEMM peak (mtl's default precision is auto:
                                         bf16 autocast on CPUs with bf16 units, so the bf16 peak is its ceiling there)
-  peak.*_flops_per_second               fastest square fp32 / bf16 matmul, same thread count
+  peak.*_flops_per_second               fastest square fp32 / bf16 matmul, same thread count (bf16: null
+                                        where the peers run fp32, as an emulated bf16 multiply takes minutes)
   mtl.eval_examples_per_second          mtl's evaluation rate (its three evaluations, capped at 256 examples
                                         per task and split), and its ratio to the training rate
   startup.help_seconds, eval_help_seconds  median wall time of 5 `mtl --help` / `mtl eval --help`
@@ -124,9 +131,10 @@ def main(argv: list[str] | None = None) -> None:
     check_data(Path(args.data_root), args.domains)
     # Without bf16 units mtl's default is fp32 already: mtl_fp32 would be the same run again.
     methods = [m for m in METHODS if m != "mtl_fp32" or bf16_units]
+    peer_flags = ["--peer-precision", args.peer_precision]
     load_before = os.getloadavg()[0]  # other work on the machine skews every figure: recorded
     with tempfile.TemporaryDirectory(prefix="mtl-bench-") as tmp:
-        peak = spawn_worker("gemm", args.threads, [], ["--gemm-size", str(args.gemm_size)])
+        peak = spawn_worker("gemm", args.threads, [], ["--gemm-size", str(args.gemm_size), *peer_flags])
         runs: dict[str, list[dict]] = {m: [] for m in methods}
         for r in range(args.repeats):
             # A seed per round (mtl's default 42 first), so that the rounds draw different batches.
@@ -134,8 +142,7 @@ def main(argv: list[str] | None = None) -> None:
             for method in methods:
                 began = time.perf_counter()
                 extra = {"mtl_fp32": ["trainer.precision=fp32"], "mtl_frozen": FROZEN}.get(method, [])
-                flags = ["--peer-precision", args.peer_precision]
-                runs[method].append(spawn_worker(method, args.threads, overrides + extra, flags))
+                runs[method].append(spawn_worker(method, args.threads, overrides + extra, peer_flags))
                 rate = rates(runs[method][-1])["train_examples_per_second"]
                 console.print(f"round {r + 1}/{args.repeats} {method}: {rate:.2f} examples/s "
                               f"({time.perf_counter() - began:.0f} s)")  # fmt: skip
@@ -308,7 +315,7 @@ def summarize(
         "mtl": {
             "model_flops_per_second": flops,
             "fraction_of_fp32_peak": flops / peak["fp32_flops_per_second"],
-            "fraction_of_bf16_peak": flops / peak["bf16_flops_per_second"],
+            "fraction_of_bf16_peak": flops / peak["bf16_flops_per_second"] if peak["bf16_flops_per_second"] else None,
             "flops_formula": "6*N*P + 12*L*d*s*P per run (N non-embedding params, P processed tokens, "
             "L layers, d hidden size, s = P/examples), divided by train_seconds",
             "non_embedding_parameters": first["non_embedding_parameters"],
@@ -356,10 +363,14 @@ def print_report(report: dict) -> None:
         "mtl's encoder config overrides)[/bold]"
     )
     peak = report["peak"]
+    bf16_peak = (
+        f"{100 * m['fraction_of_bf16_peak']:.1f}% of bf16 ({peak['bf16_flops_per_second'] / 1e9:.0f} G)"
+        if peak["bf16_flops_per_second"]
+        else "bf16 peak not measured (no bf16 units)"
+    )
     console.print(
         f"mtl model FLOP/s: {m['model_flops_per_second'] / 1e9:.1f} G, {100 * m['fraction_of_fp32_peak']:.1f}% of "
-        f"fp32 GEMM ({peak['fp32_flops_per_second'] / 1e9:.0f} G), {100 * m['fraction_of_bf16_peak']:.1f}% of bf16 "
-        f"({peak['bf16_flops_per_second'] / 1e9:.0f} G)\n"
+        f"fp32 GEMM ({peak['fp32_flops_per_second'] / 1e9:.0f} G), {bf16_peak}\n"
         f"mtl eval: {m['eval_examples_per_second']:.1f} examples/s, {m['eval_over_train_examples_per_second']:.1f}x "
         f"training\n"
         f"mtl --help {st['help_seconds']:.2f} s, mtl eval --help {st['eval_help_seconds']:.2f} s\n"

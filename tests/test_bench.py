@@ -19,8 +19,7 @@ def test_quick_benchmark_writes_every_figure(tmp_path: Path) -> None:
     # One torch thread: on a machine whose two cores other work shares, two threads of the tiny
     # encoder's small operations mostly wait on each other (the figures are checked for being
     # there and consistent, not for speed). No time limit: a loaded machine makes this slow, not wrong.
-    # The GEMM peak from 512x512 multiplies: the default 2048 takes ~60 s per bf16 multiply on a
-    # CPU without bf16 units (six of them), and the test checks the figures' consistency, not the peak.
+    # The GEMM peak from 512x512 multiplies: the test checks the figures' consistency, not the peak.
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "bench.py"), "--quick", "--steps", "3", "--repeats", "1",
          "--domains", "books,dvd", "--max-length", "64", "--threads", "1", "--gemm-size", "512",
@@ -67,11 +66,17 @@ def test_quick_benchmark_writes_every_figure(tmp_path: Path) -> None:
 
     mtl = report["mtl"]
     peak = report["peak"]
-    assert peak["bf16_flops_per_second"] > 0 and peak["fp32_flops_per_second"] > 0
+    assert peak["fp32_flops_per_second"] > 0
+    if s["cpu_bf16_units"]:  # elsewhere emulated bf16 multiplies take minutes: not measured
+        assert peak["bf16_flops_per_second"] > 0
+        assert mtl["fraction_of_bf16_peak"] == pytest.approx(
+            mtl["model_flops_per_second"] / peak["bf16_flops_per_second"]
+        )
+    else:
+        assert peak["bf16_flops_per_second"] is None and mtl["fraction_of_bf16_peak"] is None
     assert mtl["model_flops_per_second"] > 0
     assert 0 < mtl["fraction_of_fp32_peak"] < 1
     assert mtl["fraction_of_fp32_peak"] == pytest.approx(mtl["model_flops_per_second"] / peak["fp32_flops_per_second"])
-    assert mtl["fraction_of_bf16_peak"] == pytest.approx(mtl["model_flops_per_second"] / peak["bf16_flops_per_second"])
     assert mtl["non_embedding_parameters"] > 0 and mtl["layers"] == 2 and mtl["hidden_size"] == 32  # encoder=tiny
     assert mtl["eval_examples_per_second"] > 0
     assert mtl["eval_over_train_examples_per_second"] == pytest.approx(mtl["eval_examples_per_second"] / mtl_rate)
